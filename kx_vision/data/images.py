@@ -1,0 +1,112 @@
+"""Finding and decoding image files (Pillow), with one clear error per bad input.
+
+Decoding uses Pillow rather than `tf.io.decode_image`: it reads every format users have (PNG, JPEG,
+BMP, TIFF, WebP, palette and 16-bit PNGs), works where TensorFlow is absent, and names the file
+when one is unreadable.
+"""
+
+import logging
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kx_vision.errors import DataError
+
+log = logging.getLogger("kx_vision")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
+
+
+def list_images(folders):
+    """Sorted image files in one folder or a list of folders (not recursive).
+
+    Raises `DataError` naming the folder if one is missing, not a folder, or holds no image.
+    """
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]
+    if not folders:
+        raise DataError("no image folder given")
+    files = []
+    for folder in folders:
+        folder = os.fspath(folder)
+        if not os.path.exists(folder):
+            raise DataError(f"image folder not found: {folder}")
+        if not os.path.isdir(folder):
+            raise DataError(f"not a folder: {folder}")
+        found = sorted(
+            os.path.join(folder, name)
+            for name in os.listdir(folder)
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+        )
+        if not found:
+            raise DataError(
+                f"no images in {folder} (looked for files ending in {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        files.extend(found)
+    return files
+
+
+def to_rgb_array(image, path="<image>"):
+    """A Pillow image as an `(H, W, 3)` uint8 RGB array.
+
+    Grayscale and palette images are expanded to RGB; an alpha channel is dropped (the colour
+    under it is kept, as Pillow's `convert("RGB")` does); 16- and 32-bit grayscale images are
+    scaled to 8 bits from their full range (65535 for 16-bit).
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        array = np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=-1)
+    if image.mode == "F":
+        raise DataError(f"{path}: floating-point images (mode F) are not supported")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path):
+    """Decode one file to an `(H, W, 3)` uint8 RGB array; `DataError` naming the file if unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb_array(image, path)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from error
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{path}: {error}") from error
+
+
+def load_images(paths, min_size=None, what="image"):
+    """Decode many files, skipping unreadable ones with a warning (counted and reported).
+
+    Args:
+        paths: image files.
+        min_size: if given, an image with a side shorter than this raises `DataError` naming it.
+        what: word used in messages ("training image", ...).
+    Returns:
+        (arrays, kept_paths).
+    """
+    arrays, kept, skipped = [], [], []
+    for path in paths:
+        try:
+            array = load_image(path)
+        except DataError as error:
+            warnings.warn(f"skipping {what}: {error}", stacklevel=2)
+            skipped.append(path)
+            continue
+        if min_size is not None and min(array.shape[:2]) < min_size:
+            raise DataError(
+                f"{what} {path} is {array.shape[1]}x{array.shape[0]}, smaller than the "
+                f"{min_size}x{min_size} patch size; remove it or lower the patch size"
+            )
+        arrays.append(array)
+        kept.append(path)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable {what} file(s) of {len(paths)}", stacklevel=2)
+    if not arrays:
+        raise DataError(f"none of the {len(paths)} {what} file(s) could be read (first: {paths[0]})")
+    return arrays, kept

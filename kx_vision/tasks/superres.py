@@ -1,0 +1,131 @@
+"""Super-resolution task: default config, model, losses, metrics and data, assembled for `train`."""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from kx_vision import losses, metrics
+from kx_vision.config import option
+from kx_vision.data import transforms
+from kx_vision.models import EDSR
+
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    num_blocks: int = option(4, "residual blocks (EDSR baseline: 16)")
+    num_filters: int = option(32, "feature channels (EDSR baseline: 64)")
+    residual_scale: float = option(0.1, "multiplier of each residual branch (EDSR: 0.1)")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "training image folder(s)")
+    val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s)")
+    patch_size: int = option(48, "side of the HR training patches, a multiple of the scale")
+    batch_size: int = option(16, "patches per batch")
+    augment: bool = option(True, "random dihedral transform (8 symmetries) of each patch")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    name: str = option("l1", "training loss", choices=("l1", "perceptual"))
+    vgg_weights: str | None = option(
+        "imagenet", "VGG16 weights of the perceptual loss: imagenet, null or a file path"
+    )
+    pixel_weight: float = option(0.01, "weight of the pixel L1 term of the perceptual loss")
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    learning_rate: float = option(1e-3, "peak learning rate of Adam")
+    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "constant"))
+    warmup_steps: int = option(100, "linear warm-up steps before the cosine decay")
+    clipnorm: float | None = option(None, "clip each gradient to this norm (null: no clipping)")
+
+
+@dataclasses.dataclass
+class SuperResConfig:
+    scale: int = option(2, "upscaling factor", choices=(2, 3, 4, 8))
+    epochs: int = option(8, "training epochs")
+    steps_per_epoch: int = option(200, "training steps per epoch")
+    seed: int = option(0, "seed of weight initialisation and patch sampling")
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+
+
+Config = SuperResConfig
+
+
+def build_model(config):
+    return EDSR(
+        scale=config.scale,
+        num_blocks=config.model.num_blocks,
+        num_filters=config.model.num_filters,
+        residual_scale=config.model.residual_scale,
+    )
+
+
+def build_loss(config):
+    if config.loss.name == "perceptual":
+        return losses.PerceptualLoss(weights=config.loss.vgg_weights, pixel_weight=config.loss.pixel_weight)
+    return keras.losses.MeanAbsoluteError(name="l1")
+
+
+def build_metrics(config):
+    return [metrics.PSNR(shave=config.scale), metrics.SSIM(shave=config.scale)]
+
+
+def build_data(config):
+    """(train dataset, validation dataset, validation pairs) as described in `kx_vision.data.superres`."""
+    from kx_vision.data import superres as sr_data  # TensorFlow is imported only when data is built
+
+    train_images = sr_data.load_folders(
+        config.data.train, min_size=config.data.patch_size, what="training image"
+    )
+    val_images = sr_data.load_folders(config.data.val, what="validation image")
+    train = sr_data.train_dataset(
+        train_images,
+        config.scale,
+        config.data.patch_size,
+        config.data.batch_size,
+        seed=config.seed,
+        augment=config.data.augment,
+    )
+    pairs = sr_data.validation_pairs(val_images, config.scale)
+    return train, sr_data.pairs_dataset(pairs), pairs
+
+
+def check_config(config):
+    from kx_vision.errors import ConfigError
+
+    if config.data.patch_size % config.scale:
+        raise ConfigError(
+            f"config key 'data.patch_size' ({config.data.patch_size}) must be a multiple of "
+            f"'scale' ({config.scale})"
+        )
+
+
+def score(model, pairs, scale):
+    """Mean Y-PSNR (dB, shave = scale, predictions rounded to 8 bits) of `model` and of bicubic
+    upscaling on the same `(lr, hr)` pairs: `(model_psnr, bicubic_psnr)`."""
+    model_scores, bicubic_scores = [], []
+    for lr, hr in pairs:
+        sr = model.predict_on_batch(lr)
+        model_scores.append(float(metrics.psnr(hr, sr, shave=scale, quantize=True)[0]))
+        bicubic = transforms.bicubic_upscale(lr, scale)
+        bicubic_scores.append(float(metrics.psnr(hr, bicubic, shave=scale, quantize=True)[0]))
+    return float(np.mean(model_scores)), float(np.mean(bicubic_scores))
+
+
+def report(model, pairs, config):
+    model_psnr, bicubic_psnr = score(model, pairs, config.scale)
+    return (
+        f"validation Y-PSNR (x{config.scale}, {len(pairs)} images): model {model_psnr:.2f} dB, "
+        f"bicubic {bicubic_psnr:.2f} dB ({model_psnr - bicubic_psnr:+.2f} dB)"
+    ), {"psnr": model_psnr, "bicubic_psnr": bicubic_psnr}

@@ -1,0 +1,152 @@
+"""Train a task: `python -m kx_vision.train TASK [--config FILE] [--set key=value ...] [--output DIR]`.
+
+Runs `model.fit` with Keras progress bars and these callbacks: `BackupAndRestore` (a killed run,
+restarted with the same command, continues from its last finished epoch), atomic `.keras`
+checkpoints (`last.keras`, `best.keras`), `TerminateOnNaN`, `CSVLogger` and, where TensorBoard is
+installed, `TensorBoard`. The final model is `OUTPUT/model.keras`.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+from kx_vision import config as config_lib
+from kx_vision.errors import ConfigError, KxVisionError
+
+TASKS = {"superres": "kx_vision.tasks.superres"}
+
+
+def task_module(name):
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name])
+
+
+def build_optimizer(config, total_steps):
+    import keras
+
+    opt = config.optimizer
+    learning_rate = opt.learning_rate
+    if opt.schedule == "cosine":
+        warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else opt.learning_rate,
+            decay_steps=max(total_steps - warmup, 1),
+            warmup_target=opt.learning_rate if warmup else None,
+            warmup_steps=warmup,
+            alpha=0.01,
+        )
+    return keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=opt.clipnorm)
+
+
+def _check_resume(output, config):
+    """Refuse to resume an interrupted run in `output` with a different config."""
+    saved = os.path.join(output, "config.yaml")
+    backup = os.path.join(output, "backup")
+    if os.path.isdir(backup) and os.listdir(backup) and os.path.isfile(saved):
+        import yaml
+
+        with open(saved) as f:
+            previous = yaml.safe_load(f)
+        if previous != config_lib.to_dict(config):
+            raise ConfigError(
+                f"{output} holds an interrupted run with a different config ({saved}); "
+                "rerun with the same settings to resume it, or choose another --output"
+            )
+
+
+def fit(task, config, output, verbose="auto", extra_callbacks=()):
+    """Train `task` (a module of `kx_vision.tasks`) with `config`, writing into `output`.
+
+    Returns `(model, summary)`, the summary being a dict of final validation scores.
+    """
+    import keras
+
+    task.check_config(config)
+    os.makedirs(output, exist_ok=True)
+    _check_resume(output, config)
+    config_lib.dump(config, os.path.join(output, "config.yaml"))
+    keras.utils.set_random_seed(config.seed)
+
+    train_data, val_data, val_pairs = task.build_data(config)
+    model = task.build_model(config)
+    model.compile(
+        optimizer=build_optimizer(config, config.epochs * config.steps_per_epoch),
+        loss=task.build_loss(config),
+        metrics=task.build_metrics(config),
+        jit_compile="auto",
+    )
+    from kx_vision.callbacks import AtomicModelCheckpoint
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
+        keras.callbacks.TerminateOnNaN(),
+        AtomicModelCheckpoint(os.path.join(output, "checkpoints"), monitor="val_psnr", mode="max"),
+        keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True),
+    ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
+    callbacks.extend(extra_callbacks)
+    model.fit(
+        train_data,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=val_data,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline samples patches at random itself
+        verbose=verbose,
+    )
+    from kx_vision.callbacks import save_model_atomic
+
+    save_model_atomic(model, os.path.join(output, "model.keras"))
+    message, summary = task.report(model, val_pairs, config)
+    print(message)
+    with open(os.path.join(output, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return model, summary
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m kx_vision.train",
+        description="Train a kx_vision model. The Keras backend is chosen with KERAS_BACKEND "
+        "(tensorflow or jax).",
+    )
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for name in TASKS:
+        module = task_module(name)
+        keys = "\n".join(config_lib.describe(module.Config))
+        p = sub.add_parser(
+            name,
+            help=(module.__doc__ or "").strip().splitlines()[0],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"config keys (set with --set key=value or in a --config YAML file):\n{keys}",
+        )
+        p.add_argument("--config", metavar="FILE", help="YAML file of config values")
+        p.add_argument(
+            "--set", metavar="KEY=VALUE", action="append", default=[], dest="assignments",
+            help="override one config key (repeatable); lists: comma-separated",
+        )
+        p.add_argument("--output", metavar="DIR", default=None, help=f"output folder (default: runs/{name})")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        task = task_module(args.task)
+        config = config_lib.load(task.Config, args.config, args.assignments)
+        fit(task, config, args.output or os.path.join("runs", args.task))
+    except KxVisionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

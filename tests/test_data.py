@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+from keras import ops
+from PIL import Image
+
+from kx_vision.data import transforms
+from kx_vision.data.images import list_images, load_image, load_images
+from kx_vision.errors import DataError
+
+
+def _save(path, array, mode=None):
+    Image.fromarray(array, mode=mode).save(path) if mode else Image.fromarray(array).save(path)
+    return str(path)
+
+
+def test_decodes_rgb_gray_rgba_palette_and_16bit(tmp_path, rng):
+    rgb = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    gray = rgb[..., 0]
+    paths = {
+        "rgb": _save(tmp_path / "rgb.png", rgb),
+        "gray": _save(tmp_path / "gray.png", gray),
+        "rgba": _save(tmp_path / "rgba.png", np.dstack([rgb, np.full((10, 12), 7, np.uint8)])),
+    }
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pal.png")
+    Image.fromarray((gray.astype(np.uint16) * 257)).save(tmp_path / "g16.png")
+    np.testing.assert_array_equal(load_image(paths["rgb"]), rgb)
+    np.testing.assert_array_equal(load_image(paths["gray"]), np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(load_image(paths["rgba"]), rgb)
+    palette = load_image(tmp_path / "pal.png")
+    assert palette.shape == (10, 12, 3) and palette.dtype == np.uint8
+    np.testing.assert_array_equal(load_image(tmp_path / "g16.png"), np.repeat(gray[..., None], 3, -1))
+
+
+def test_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(DataError, match="not found: .*nowhere"):
+        list_images([tmp_path / "nowhere"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images in .*empty"):
+        list_images([tmp_path / "empty"])
+
+
+def test_corrupt_file_is_skipped_and_counted(tmp_path, rng):
+    good = _save(tmp_path / "a.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.warns(UserWarning) as record:
+        arrays, kept = load_images(list_images(tmp_path))
+    assert kept == [good] and len(arrays) == 1
+    messages = " ".join(str(w.message) for w in record)
+    assert "b.png" in messages and "skipped 1 unreadable" in messages
+    with pytest.raises(DataError, match="b.png"):
+        load_image(bad)
+
+
+def test_small_image_error_names_file(tmp_path, rng):
+    _save(tmp_path / "tiny.png", rng.integers(0, 256, (10, 30, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"tiny.png is 30x10, smaller than the 16x16 patch"):
+        load_images(list_images(tmp_path), min_size=16)
+
+
+def test_dihedral_matches_numpy_and_gives_eight_distinct(rng):
+    x = rng.random((2, 5, 5, 3)).astype("float32")
+    seen = []
+    for k in range(8):
+        want = np.rot90(x, k % 4, axes=(1, 2))
+        if k >= 4:
+            want = want[:, :, ::-1]
+        got = ops.convert_to_numpy(transforms.dihedral(x, k))
+        np.testing.assert_array_equal(got, want)
+        seen.append(got.tobytes())
+    assert len(set(seen)) == 8
+
+
+def test_tf_pipeline_transforms_match_keras_ops(rng):
+    tf = pytest.importorskip("tensorflow")
+    from kx_vision.data.superres import degrade_tf, random_dihedral_tf
+
+    x = rng.random((4, 8, 8, 3)).astype("float32")
+    for k in range(8):
+        np.testing.assert_array_equal(
+            random_dihedral_tf(tf.constant(x[0]), tf.constant(k)).numpy(),
+            ops.convert_to_numpy(transforms.dihedral(x[0], k)),
+        )
+    np.testing.assert_allclose(
+        degrade_tf(tf.constant(x), 2).numpy(),
+        ops.convert_to_numpy(transforms.bicubic_downscale(x, 2)),
+        atol=1 / 255 + 1e-6,  # a rounding step apart at most, across backends
+    )
+
+
+def _find_dihedral_crop(image, patch):
+    """(k, top, left) such that patch is dihedral k of image[top:top+p, left:left+p], or None."""
+    p = patch.shape[0]
+    for k in range(8):
+        # Undo transform k: try every crop's transform instead (small images keep this cheap).
+        for top in range(image.shape[0] - p + 1):
+            for left in range(image.shape[1] - p + 1):
+                crop = image[top : top + p, left : left + p]
+                if np.array_equal(ops.convert_to_numpy(transforms.dihedral(crop, k)), patch):
+                    return k, top, left
+    return None
+
+
+def test_pipeline_applies_same_transform_to_input_and_target(rng):
+    pytest.importorskip("tensorflow")
+    from kx_vision.data.superres import train_dataset
+
+    images = [rng.integers(0, 256, (14, 12, 3), dtype=np.uint8), rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)]
+    dataset = train_dataset(images, scale=2, patch_size=8, batch_size=4, seed=3)
+    lr, hr = next(iter(dataset))
+    lr, hr = lr.numpy(), hr.numpy()
+    assert lr.shape == (4, 4, 4, 3) and hr.shape == (4, 8, 8, 3)
+    # The input is exactly the bicubic degradation of the (transformed) target...
+    np.testing.assert_allclose(lr, ops.convert_to_numpy(transforms.bicubic_downscale(hr, 2)), atol=1 / 255 + 1e-6)
+    found = set()
+    for patch in (hr * 255).round().astype(np.uint8):
+        # ...and the target is a dihedral transform of a crop of a source image.
+        hits = [_find_dihedral_crop(image, patch) for image in images]
+        hit = next(h for h in hits if h is not None)
+        found.add(hit[0])
+        # The input matches the target's transform, not the untransformed crop's degradation.
+    assert found  # at least one patch located
+    # Over many patches, all 8 transforms occur.
+    ks = set()
+    for lr_b, hr_b in dataset.take(8):
+        for patch in (hr_b.numpy() * 255).round().astype(np.uint8):
+            hit = next(h for h in (_find_dihedral_crop(im, patch) for im in images) if h is not None)
+            ks.add(hit[0])
+    assert len(ks) >= 6
+
+
+def test_validation_pairs_crop_to_multiple_of_scale(rng):
+    pytest.importorskip("tensorflow")
+    from kx_vision.data.superres import validation_pairs
+
+    (lr, hr), = validation_pairs([rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)], 3)
+    assert hr.shape == (1, 12, 9, 3) and lr.shape == (1, 4, 3, 3)

@@ -1,0 +1,138 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from kx_vision import config as config_lib
+from kx_vision import train
+from kx_vision.tasks import superres
+
+pytest.importorskip("tensorflow")  # the tf.data pipeline
+
+
+@pytest.fixture
+def folders(tmp_path, rng):
+    """Small real-looking images: smooth gradients plus texture, so there is something to learn."""
+    for split, count in (("train", 3), ("val", 1)):
+        (tmp_path / split).mkdir()
+        for i in range(count):
+            yy, xx = np.mgrid[0:40, 0:36]
+            base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 4), np.sin((xx + yy) / 5)], -1)
+            image = ((base * 0.4 + 0.5 + rng.normal(0, 0.03, base.shape)).clip(0, 1) * 255).astype(np.uint8)
+            Image.fromarray(image).save(tmp_path / split / f"{i}.png")
+    return tmp_path
+
+
+def tiny_config(folders, **extra):
+    assignments = [
+        f"data.train={folders / 'train'}",
+        f"data.val={folders / 'val'}",
+        "data.patch_size=16",
+        "data.batch_size=4",
+        "model.num_blocks=1",
+        "model.num_filters=8",
+        "epochs=2",
+        "steps_per_epoch=3",
+        "optimizer.warmup_steps=0",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return config_lib.load(superres.SuperResConfig, None, assignments)
+
+
+def test_one_training_step_lowers_the_loss(folders):
+    config = tiny_config(folders)
+    train_data, _, _ = superres.build_data(config)
+    lr, hr = next(iter(train_data))
+    lr, hr = np.asarray(lr), np.asarray(hr)
+    model = superres.build_model(config)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=superres.build_loss(config))
+    before = model.evaluate(lr, hr, verbose=0)
+    model.train_on_batch(lr, hr)
+    after = model.evaluate(lr, hr, verbose=0)
+    assert after < before
+
+
+def test_perceptual_loss_training_step_lowers_the_loss(folders):
+    config = tiny_config(folders, **{"loss.name": "perceptual", "loss.vgg_weights": "null"})
+    train_data, _, _ = superres.build_data(config)
+    lr, hr = (np.asarray(t) for t in next(iter(train_data)))
+    model = superres.build_model(config)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=superres.build_loss(config))
+    before = model.evaluate(lr, hr, verbose=0)
+    for _ in range(3):
+        model.train_on_batch(lr, hr)
+    assert model.evaluate(lr, hr, verbose=0) < before
+
+
+def test_cli_trains_saves_and_reports(folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train.main(["superres", "--output", str(out)] + [a for k in tiny_config_args(folders) for a in ("--set", k)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "validation Y-PSNR (x2, 1 images): model" in printed and "bicubic" in printed
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.scale == 2
+    assert (out / "checkpoints" / "last.keras").is_file() and (out / "checkpoints" / "best.keras").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bicubic_psnr"] > 20
+    assert os.listdir(out / "logs")
+
+
+def tiny_config_args(folders):
+    config = tiny_config(folders)
+    return [f"{k}={','.join(v) if isinstance(v, list) else ('null' if v is None else v)}"
+            for k, v in config_lib.flatten(config).items()]
+
+
+class _Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
+def test_interrupted_run_resumes_from_last_epoch(folders, tmp_path):
+    config = tiny_config(folders, epochs=3)
+    out = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(superres, config, out, verbose=0, extra_callbacks=[_Crash()])
+    assert os.listdir(os.path.join(out, "backup"))
+    epochs = _Epochs()
+    train.fit(superres, config, out, verbose=0, extra_callbacks=[epochs])
+    assert epochs.seen == [1, 2]  # epoch 0 was not trained again
+    # A different config is refused rather than mixed into the interrupted run.
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(superres, config, str(tmp_path / "run2"), verbose=0, extra_callbacks=[_Crash()])
+    from kx_vision.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="different config"):
+        train.fit(superres, tiny_config(folders, epochs=4), str(tmp_path / "run2"), verbose=0)
+
+
+@pytest.mark.parametrize(
+    "assignment, expected",
+    [
+        ("data.train=/nonexistent/folder", "image folder not found: /nonexistent/folder"),
+        ("data.patch_sise=8", "unknown config key 'data.patch_sise'"),
+        ("epochs=many", "'epochs' expects an integer"),
+        ("data.patch_size=64", "smaller than the 64x64 patch size"),
+        ("data.patch_size=15", "must be a multiple of 'scale'"),
+    ],
+)
+def test_cli_bad_input_gives_one_clear_message(folders, tmp_path, capsys, assignment, expected):
+    args = ["superres", "--output", str(tmp_path / "r")]
+    for a in tiny_config_args(folders) + [assignment]:
+        args += ["--set", a]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
