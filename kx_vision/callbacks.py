@@ -6,18 +6,27 @@ import os
 import keras
 
 
-def save_model_atomic(model, path):
-    """`model.save(path)` through a temporary file and `os.replace`, so an interrupted save never
-    leaves a truncated file where a good one was."""
+def _atomic(save, path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        model.save(tmp)
+        save(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_model_atomic(model, path):
+    """`model.save(path)` through a temporary file and `os.replace`, so an interrupted save never
+    leaves a truncated file where a good one was."""
+    _atomic(model.save, path)
+
+
+def save_weights_atomic(model, path):
+    """`model.save_weights(path)` (a `.weights.h5` path), atomically."""
+    _atomic(model.save_weights, path)
 
 
 class AtomicModelCheckpoint(keras.callbacks.Callback):

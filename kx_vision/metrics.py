@@ -14,6 +14,7 @@ from keras import ops
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 _Y_OFFSET = 16.0
 _CHANNELS = ("y", "rgb")
+SSIM_WINDOW = 11
 
 
 def rgb_to_y(images):
@@ -55,7 +56,7 @@ def psnr(y_true, y_pred, shave=0, channel="y", quantize=False):
     return 10.0 * ops.log10(255.0**2 / mse)
 
 
-def _gaussian_window(size=11, sigma=1.5):
+def _gaussian_window(size=SSIM_WINDOW, sigma=1.5):
     coords = ops.arange(size, dtype="float32") - (size - 1) / 2.0
     g = ops.exp(-(coords**2) / (2.0 * sigma**2))
     g = g / ops.sum(g)
@@ -69,6 +70,12 @@ def ssim(y_true, y_pred, shave=0, channel="y", quantize=False):
     after shaving.
     """
     a, b = _prepare(y_true, y_pred, shave, channel, quantize)
+    small = [d for d in a.shape[1:3] if d is not None and d < SSIM_WINDOW]
+    if small:
+        raise ValueError(
+            f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after shaving "
+            f"{shave}; got shape {tuple(a.shape)}"
+        )
     channels = a.shape[-1]
     # One depthwise conv blurs every channel with the same Gaussian window.
     window = ops.tile(_gaussian_window(), (1, 1, channels, 1))

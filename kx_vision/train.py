@@ -8,6 +8,7 @@ installed, `TensorBoard`. The final model is `OUTPUT/model.keras`.
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -45,7 +46,8 @@ def _check_resume(output, config):
     """Refuse to resume an interrupted run in `output` with a different config."""
     saved = os.path.join(output, "config.yaml")
     backup = os.path.join(output, "backup")
-    if os.path.isdir(backup) and os.listdir(backup) and os.path.isfile(saved):
+    interrupted = os.path.isdir(backup) and any(files for _, _, files in os.walk(backup))
+    if interrupted and os.path.isfile(saved):
         import yaml
 
         with open(saved) as f:
@@ -57,12 +59,32 @@ def _check_resume(output, config):
             )
 
 
+def _initialise(model, config):
+    """Seed `model` from `config.init_from` by layer name; the names of the transferred layers."""
+    path = getattr(config, "init_from", None)
+    if not path:
+        return []
+    from kx_vision.models.loading import format_transfer_report, load_model, transfer_weights
+
+    report = transfer_weights(load_model(path), model)
+    print(format_transfer_report(report))
+    if not report["transferred"]:
+        raise ConfigError(f"init_from: no layer of {path} matches this model by name and shape")
+    return report["transferred"]
+
+
 def fit(task, config, output, verbose="auto", extra_callbacks=()):
     """Train `task` (a module of `kx_vision.tasks`) with `config`, writing into `output`.
+
+    With `init_from` and `freeze_transferred_epochs` (progressive resizing, x2 -> x4), training runs in
+    two phases: first only the layers that were not transferred, then all layers. A finished phase
+    leaves its weights behind, so a resumed run skips it.
 
     Returns `(model, summary)`, the summary being a dict of final validation scores.
     """
     import keras
+
+    from kx_vision.callbacks import AtomicModelCheckpoint, save_model_atomic, save_weights_atomic
 
     task.check_config(config)
     os.makedirs(output, exist_ok=True)
@@ -72,33 +94,49 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
 
     train_data, val_data, val_pairs = task.build_data(config)
     model = task.build_model(config)
-    model.compile(
-        optimizer=build_optimizer(config, config.epochs * config.steps_per_epoch),
-        loss=task.build_loss(config),
-        metrics=task.build_metrics(config),
-        jit_compile="auto",
-    )
-    from kx_vision.callbacks import AtomicModelCheckpoint
-
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
-        keras.callbacks.TerminateOnNaN(),
-        AtomicModelCheckpoint(os.path.join(output, "checkpoints"), monitor="val_psnr", mode="max"),
-        keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True),
-    ]
-    if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
-    callbacks.extend(extra_callbacks)
-    model.fit(
-        train_data,
-        epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=val_data,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline samples patches at random itself
-        verbose=verbose,
-    )
-    from kx_vision.callbacks import save_model_atomic
+    transferred = _initialise(model, config)
+    frozen_epochs = min(getattr(config, "freeze_transferred_epochs", 0), config.epochs) if transferred else 0
+    phases = [("frozen", 0, frozen_epochs), ("all", frozen_epochs, config.epochs)]
+    phases = [phase for phase in phases if phase[1] < phase[2]]
+    for name, first, last in phases:
+        done_marker = os.path.join(output, f"phase_{name}.weights.h5")
+        if name != phases[-1][0] and os.path.isfile(done_marker):
+            model.load_weights(done_marker)
+            print(f"phase '{name}' already finished: loaded {done_marker}")
+            continue
+        for layer in model.layers:
+            if layer.name in transferred:
+                layer.trainable = name != "frozen"
+        if name == "frozen":
+            new = [layer.name for layer in model.layers if layer.weights and layer.name not in transferred]
+            print(f"epochs {first + 1}-{last}: training only {', '.join(new)} (not transferred)")
+        model.compile(
+            optimizer=build_optimizer(config, (last - first) * config.steps_per_epoch),
+            loss=task.build_loss(config),
+            metrics=task.build_metrics(config),
+            jit_compile="auto",
+        )
+        callbacks = [
+            keras.callbacks.BackupAndRestore(os.path.join(output, "backup", name)),
+            keras.callbacks.TerminateOnNaN(),
+            AtomicModelCheckpoint(os.path.join(output, "checkpoints"), monitor="val_psnr", mode="max"),
+            keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True),
+        ]
+        if importlib.util.find_spec("tensorboard") is not None:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
+        callbacks.extend(extra_callbacks)
+        model.fit(
+            train_data,
+            initial_epoch=first,
+            epochs=last,
+            steps_per_epoch=config.steps_per_epoch,
+            validation_data=val_data,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline samples patches at random itself
+            verbose=verbose,
+        )
+        if name != phases[-1][0]:
+            save_weights_atomic(model, done_marker)
 
     save_model_atomic(model, os.path.join(output, "model.keras"))
     message, summary = task.report(model, val_pairs, config)

@@ -6,14 +6,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from kx_vision.metrics import PSNR, SSIM, psnr, rgb_to_y, ssim
 
 
-def numpy_y(rgb):
-    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2])
-
-
-def numpy_psnr(a, b, shave):
-    a, b = numpy_y(a.astype(np.float64)), numpy_y(b.astype(np.float64))
-    a, b = a[shave:-shave, shave:-shave], b[shave:-shave, shave:-shave]
-    return 10 * np.log10(255.0**2 / np.mean((a - b) ** 2))
+from tests_helpers import numpy_y
+from tests_helpers import numpy_y_psnr as numpy_psnr
 
 
 def numpy_ssim(a, b):
@@ -85,3 +79,9 @@ def test_quantize_rounds_predictions(pair):
     np.testing.assert_allclose(
         ops.convert_to_numpy(psnr(a, b, quantize=True)), ops.convert_to_numpy(psnr(a, rounded)), atol=1e-4
     )
+
+
+def test_ssim_refuses_images_smaller_than_its_window(rng):
+    a = rng.random((1, 14, 14, 3)).astype("float32")
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(a, a, shave=2)

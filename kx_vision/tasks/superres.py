@@ -53,6 +53,12 @@ class SuperResConfig:
     epochs: int = option(8, "training epochs")
     steps_per_epoch: int = option(200, "training steps per epoch")
     seed: int = option(0, "seed of weight initialisation and patch sampling")
+    init_from: str | None = option(
+        None, "a .keras model whose weights seed this one, by layer name (e.g. x2 -> x4)"
+    )
+    freeze_transferred_epochs: int = option(
+        0, "with init_from: epochs training only the layers that were not transferred"
+    )
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
@@ -78,7 +84,11 @@ def build_loss(config):
 
 
 def build_metrics(config):
-    return [metrics.PSNR(shave=config.scale), metrics.SSIM(shave=config.scale)]
+    """Y-PSNR, and Y-SSIM where patches are large enough for its 11x11 window after shaving."""
+    found = [metrics.PSNR(shave=config.scale)]
+    if config.data.patch_size - 2 * config.scale >= metrics.SSIM_WINDOW:
+        found.append(metrics.SSIM(shave=config.scale))
+    return found
 
 
 def build_data(config):

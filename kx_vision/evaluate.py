@@ -1,0 +1,157 @@
+"""Evaluate a super-resolution model on a benchmark set:
+`python -m kx_vision.evaluate superres --model PATH_OR_bicubic --data DIR --scale N [--self-ensemble] [--json]`.
+
+Protocol of the super-resolution papers (EDSR, VDSR): HR images cropped to a multiple of the scale, LR made
+by the same bicubic degradation as training (antialiased, MATLAB `imresize` semantics, 8-bit), predictions
+rounded to 8 bits, Y-PSNR / Y-SSIM (BT.601) with a border of `scale` pixels shaved, and RGB PSNR.
+`--data` is an image folder (Set5, Set14, BSD100, Urban100, ...) or `tfds:NAME[:SPLIT]` for a
+tensorflow-datasets set (its `hr` or `image` feature is the HR image).
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from kx_vision.errors import KxVisionError
+
+
+def load_hr_images(data, limit=None):
+    """`(names, images)`: uint8 RGB arrays from a folder or a `tfds:` dataset."""
+    if data.startswith("tfds:"):
+        return _load_tfds(data[len("tfds:") :], limit)
+    from kx_vision.data.images import list_images, load_images
+
+    paths = list_images([p for p in data.split(",") if p])
+    if limit:
+        paths = paths[:limit]
+    images, kept = load_images(paths, what="evaluation image")
+    import os
+
+    return [os.path.basename(p) for p in kept], images
+
+
+def _load_tfds(spec, limit=None):
+    import tensorflow_datasets as tfds
+
+    name, _, split = spec.partition(":")
+    split = split or "validation"
+    try:
+        dataset = tfds.load(name, split=split, shuffle_files=False)
+    except Exception as error:  # noqa: BLE001 - download / missing-data failures become one message
+        raise KxVisionError(
+            f"cannot load tensorflow-datasets set {name!r} (split {split!r}): {error}. "
+            "Offline, prepare it once where there is network (tfds build) and copy ~/tensorflow_datasets."
+        ) from error
+    names, images = [], []
+    for i, example in enumerate(dataset.as_numpy_iterator()):
+        if limit and i >= limit:
+            break
+        key = "hr" if "hr" in example else "image" if "image" in example else None
+        if key is None:
+            raise KxVisionError(f"tfds set {name!r} has no 'hr' or 'image' feature: {sorted(example)}")
+        image = example[key]
+        if image.ndim == 2 or image.shape[-1] == 1:
+            image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
+        names.append(f"{name}:{split}:{i}")
+        images.append(image[..., :3].astype(np.uint8))
+    if not images:
+        raise KxVisionError(f"tfds set {name!r} split {split!r} is empty")
+    return names, images
+
+
+def resolve_model(name_or_path, scale):
+    """`(predict_fn, scale)` for `bicubic` or a `.keras` file (its scale must agree with `scale`)."""
+    from kx_vision import inference
+
+    if name_or_path == "bicubic":
+        if scale is None:
+            raise KxVisionError("--scale is required with --model bicubic")
+        return inference.bicubic(scale), scale
+    from kx_vision.models.loading import load_model
+
+    model = load_model(name_or_path)
+    model_scale = getattr(model, "scale", None)
+    if scale is not None and model_scale is not None and scale != model_scale:
+        raise KxVisionError(f"{name_or_path} is a x{model_scale} model but --scale is {scale}")
+    scale = scale or model_scale
+    if scale is None:
+        raise KxVisionError(f"{name_or_path} does not record its scale; pass --scale")
+    return inference.as_predict_fn(model), scale
+
+
+def evaluate(predict, names, images, scale, self_ensemble=False):
+    """Per-image rows `{"image", "psnr", "ssim", "psnr_rgb"}` and their mean."""
+    from kx_vision import inference, metrics
+    from kx_vision.data import transforms
+
+    if self_ensemble:
+        predict = inference.self_ensemble(predict)
+    rows = []
+    for name, image in zip(names, images):
+        hr = transforms.crop_to_multiple(image, scale)[None].astype(np.float32) / 255.0
+        if min(hr.shape[1:3]) < scale * 2 + 11:
+            raise KxVisionError(f"evaluation image {name} is too small for x{scale} scoring")
+        lr = np.asarray(transforms.bicubic_downscale(hr, scale))
+        sr = inference.predict_whole(predict, lr[0])[None].astype(np.float32) / 255.0
+        rows.append(
+            {
+                "image": name,
+                "psnr": float(np.asarray(metrics.psnr(hr, sr, shave=scale))[0]),
+                "ssim": float(np.asarray(metrics.ssim(hr, sr, shave=scale))[0]),
+                "psnr_rgb": float(np.asarray(metrics.psnr(hr, sr, shave=scale, channel="rgb"))[0]),
+            }
+        )
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in ("psnr", "ssim", "psnr_rgb")}
+    return rows, mean
+
+
+def format_table(rows, mean):
+    width = max([len(r["image"]) for r in rows] + [5])
+    lines = [f"{'image':<{width}}  Y-PSNR  Y-SSIM  RGB-PSNR"]
+    for r in rows + [{"image": "mean", **mean}]:
+        lines.append(f"{r['image']:<{width}}  {r['psnr']:6.2f}  {r['ssim']:.4f}  {r['psnr_rgb']:8.2f}")
+    return "\n".join(lines)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m kx_vision.evaluate", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    p = sub.add_parser("superres", help="Y-PSNR / Y-SSIM / RGB-PSNR of a super-resolution model")
+    p.add_argument("--model", required=True, help="a .keras model file, or 'bicubic'")
+    p.add_argument("--data", required=True, help="image folder(s), comma-separated, or tfds:NAME[:SPLIT]")
+    p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's)")
+    p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        predict, scale = resolve_model(args.model, args.scale)
+        names, images = load_hr_images(args.data, args.limit)
+        rows, mean = evaluate(predict, names, images, scale, args.self_ensemble)
+    except KxVisionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.model} x{scale}{' (self-ensemble)' if args.self_ensemble else ''} on {args.data}")
+    print(format_table(rows, mean))
+    if args.json:
+        result = {
+            **mean,
+            "scale": scale,
+            "images": len(rows),
+            "model": args.model,
+            "data": args.data,
+            "self_ensemble": args.self_ensemble,
+            "per_image": rows,
+        }
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

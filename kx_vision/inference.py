@@ -1,0 +1,131 @@
+"""Running a super-resolution model on whole images: self-ensemble and tiled inference.
+
+Both take `predict`, any callable mapping a float32 batch `(N, h, w, 3)` in [0, 1] to
+`(N, h * scale, w * scale, 3)` (a Keras model, or `bicubic`), so they work for every backend.
+"""
+
+import numpy as np
+from keras import ops
+
+from kx_vision.data import transforms
+
+
+def as_predict_fn(model):
+    """A NumPy-in, NumPy-out callable for a Keras model (eager call: no retracing per image size)."""
+
+    def predict(batch):
+        return ops.convert_to_numpy(model(ops.convert_to_tensor(batch, "float32"), training=False))
+
+    return predict
+
+
+def bicubic(scale):
+    """The classic baseline as a predict function: bicubic upscaling by `scale`."""
+
+    def predict(batch):
+        return ops.convert_to_numpy(transforms.bicubic_upscale(batch, scale))
+
+    return predict
+
+
+def inverse_dihedral_index(k):
+    """Index of the inverse of `transforms.dihedral(., k)`: rotations invert to the opposite
+    rotation; the four reflections (k >= 4) are their own inverses."""
+    return (4 - k) % 4 if k < 4 else k
+
+
+def self_ensemble(predict):
+    """The x8 geometric self-ensemble (EDSR+, Lim et al. 2017): predict each of the 8 dihedral
+    transforms of the input, undo the transform on each output, and average."""
+
+    def ensembled(batch):
+        batch = np.asarray(batch, np.float32)
+        total = None
+        for k in range(transforms.NUM_DIHEDRAL):
+            out = predict(ops.convert_to_numpy(transforms.dihedral(batch, k)))
+            out = ops.convert_to_numpy(transforms.dihedral(out, inverse_dihedral_index(k)))
+            total = out.astype(np.float64) if total is None else total + out
+        return (total / transforms.NUM_DIHEDRAL).astype(np.float32)
+
+    return ensembled
+
+
+def _ramp(length, overlap, at_start, at_end):
+    """Blending weights along one axis of a tile of `length` LR pixels.
+
+    Next to a seam (not at the image border), the first `overlap // 4` pixels get weight 0: they
+    are left to the neighbouring tile, which sees more context there. The weight then rises
+    linearly over the middle half of the overlap, so seams blend smoothly. A tiled prediction
+    equals the untiled one exactly when `overlap // 4` covers the model's receptive-field radius.
+    """
+    weights = np.ones(length, np.float64)
+    if overlap <= 0:
+        return weights
+    dead, rise = overlap // 4, max(overlap - 2 * (overlap // 4), 1)
+    ramp = np.concatenate([np.zeros(dead), (np.arange(rise) + 0.5) / rise])[:length]
+    if not at_start:
+        weights[: len(ramp)] = np.minimum(weights[: len(ramp)], ramp)
+    if not at_end:
+        weights[length - len(ramp) :] = np.minimum(weights[length - len(ramp) :], ramp[::-1])
+    return weights
+
+
+def _starts(size, tile, overlap):
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return sorted(set(starts))
+
+
+def predict_tiled(predict, image, scale, tile=256, overlap=32, dtype="uint8"):
+    """Super-resolve one `(H, W, 3)` float image in [0, 1] tile by tile; returns `(H*s, W*s, 3)`
+    uint8 (rounded, as saved) or, with `dtype="float32"`, the blended values clipped to [0, 1].
+
+    Tiles of `tile` x `tile` LR pixels overlap by `overlap` pixels and are blended (see `_ramp`).
+    Tiles are processed one row of tiles at a time and each finished band of output rows is
+    rounded into the uint8 result, so memory beyond the output image is bounded by one band of
+    `tile * scale` rows, whatever the image size.
+    """
+    if tile <= 0 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
+    height, width = image.shape[:2]
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
+    out = np.zeros((height * scale, width * scale, 3), dtype)
+    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    # Float accumulators for the band of output rows not yet finished.
+    band_top = 0
+    acc = np.zeros((0, width * scale, 3), np.float64)
+    weight = np.zeros((0, width * scale, 1), np.float64)
+    for r, top in enumerate(rows):
+        th = min(tile, height - top)
+        wy = np.repeat(_ramp(th, overlap, top == 0, top + th >= height), scale)
+        need = (top + th) * scale - band_top
+        if need > acc.shape[0]:
+            grow = need - acc.shape[0]
+            acc = np.concatenate([acc, np.zeros((grow, width * scale, 3))])
+            weight = np.concatenate([weight, np.zeros((grow, width * scale, 1))])
+        for left in cols:
+            tw = min(tile, width - left)
+            wx = np.repeat(_ramp(tw, overlap, left == 0, left + tw >= width), scale)
+            patch = image[None, top : top + th, left : left + tw].astype(np.float32)
+            sr = np.asarray(predict(patch), np.float64)[0]
+            w = (wy[:, None] * wx[None, :])[..., None]
+            y0 = top * scale - band_top
+            x0 = left * scale
+            acc[y0 : y0 + th * scale, x0 : x0 + tw * scale] += sr * w
+            weight[y0 : y0 + th * scale, x0 : x0 + tw * scale] += w
+        # Rows above the next tile row's start receive no more contributions: finish them.
+        done = (rows[r + 1] * scale if r + 1 < len(rows) else height * scale) - band_top
+        values = np.clip(acc[:done] / np.maximum(weight[:done], 1e-12), 0.0, 1.0)
+        out[band_top : band_top + done] = np.round(values * 255.0) if dtype == "uint8" else values
+        acc, weight = acc[done:], weight[done:]
+        band_top += done
+    return out
+
+
+def predict_whole(predict, image):
+    """Super-resolve one `(H, W, 3)` float image in one call; returns uint8."""
+    sr = np.asarray(predict(image[None].astype(np.float32)))[0]
+    return np.round(np.clip(sr, 0.0, 1.0) * 255.0).astype(np.uint8)

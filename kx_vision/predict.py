@@ -1,0 +1,132 @@
+"""Super-resolve images of any size:
+`python -m kx_vision.predict superres --model PATH --input FILE_OR_DIR --output DIR [--tile T --overlap O]`.
+
+Large images are processed in overlapping tiles that are blended (`kx_vision.inference.predict_tiled`),
+so memory stays bounded. Outputs are lossless PNGs named `<input stem>_x<scale>.png`, written atomically;
+an input file is never overwritten. Inputs: as for training, grayscale and palette images become RGB,
+16-bit images are scaled to 8 bits, and an alpha channel is dropped (a note is printed). Images beyond
+Pillow's decompression-bomb limit (about 179 megapixels) are refused unless `--allow-large-images`.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from kx_vision.errors import DataError, KxVisionError
+
+
+def _inputs(path):
+    from kx_vision.data.images import IMAGE_EXTENSIONS, list_images
+
+    if os.path.isdir(path):
+        return list_images([path])
+    if not os.path.exists(path):
+        raise DataError(f"input not found: {path}")
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        raise DataError(f"{path} is not an image file (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    return [path]
+
+
+def _read(path, allow_large):
+    from kx_vision.data.images import to_rgb_array
+
+    try:
+        with Image.open(path) as image:
+            pixels = image.width * image.height
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and pixels > limit and not allow_large:
+                raise DataError(
+                    f"{path} is {image.width}x{image.height} ({pixels / 1e6:.0f} megapixels), beyond "
+                    f"Pillow's decompression-bomb limit of {limit / 1e6:.0f} megapixels; pass "
+                    "--allow-large-images if you trust this file"
+                )
+            notes = []
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                notes.append("alpha channel dropped")
+            if image.mode.startswith("I;16") or image.mode == "I":
+                notes.append("16-bit image scaled to 8 bits")
+            if allow_large:
+                Image.MAX_IMAGE_PIXELS = None
+            image.load()
+            return to_rgb_array(image, path), notes
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow's many failure types become one message
+        raise DataError(f"cannot read image {path}: {error}") from error
+
+
+def _write_png(array, path):
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, self_ensemble=False,
+        scale=None):
+    from kx_vision import inference
+    from kx_vision.evaluate import resolve_model
+
+    predict, scale = resolve_model(model_path, scale)
+    if self_ensemble:
+        predict = inference.self_ensemble(predict)
+    files = _inputs(inputs)
+    os.makedirs(output, exist_ok=True)
+    sources = {os.path.realpath(f) for f in files}
+    written = []
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        target = os.path.join(output, f"{stem}_x{scale}.png")
+        if os.path.realpath(target) in sources:
+            raise DataError(f"output {target} would overwrite an input file; choose another --output")
+        image, notes = _read(path, allow_large)
+        start = time.perf_counter()
+        lr = image.astype(np.float32) / 255.0
+        sr = inference.predict_tiled(predict, lr, scale, tile=tile, overlap=overlap) if tile else \
+            inference.predict_whole(predict, lr)
+        _write_png(sr, target)
+        note = f" ({'; '.join(notes)})" if notes else ""
+        print(f"{path} {image.shape[1]}x{image.shape[0]} -> {target} {sr.shape[1]}x{sr.shape[0]} "
+              f"in {time.perf_counter() - start:.1f} s{note}")
+        written.append(target)
+    return written
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m kx_vision.predict", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    p = sub.add_parser("superres", help="super-resolve image files")
+    p.add_argument("--model", required=True, help="a .keras super-resolution model, or 'bicubic'")
+    p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's)")
+    p.add_argument("--input", required=True, help="an image file or a folder of images")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--tile", type=int, default=256, help="tile side in input pixels (0: no tiling)")
+    p.add_argument("--overlap", type=int, default=64, help="overlap between tiles in input pixels")
+    p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (8x slower)")
+    p.add_argument("--allow-large-images", action="store_true",
+                   help="accept images beyond Pillow's decompression-bomb limit")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        if args.tile and not 0 <= args.overlap < args.tile:
+            raise KxVisionError(f"--overlap must be in [0, --tile), got {args.overlap} with --tile {args.tile}")
+        run(args.model, args.input, args.output, args.tile, args.overlap, args.allow_large_images,
+            args.self_ensemble, args.scale)
+    except KxVisionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
