@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -31,32 +32,40 @@ def _inputs(path):
     return [path]
 
 
+def _bomb_message(path, width, height, limit):
+    return (
+        f"{path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), beyond Pillow's "
+        f"decompression-bomb limit of {limit / 1e6:.0f} megapixels; pass --allow-large-images if "
+        "you trust this file"
+    )
+
+
 def _read(path, allow_large):
+    """`(rgb_uint8, notes)`; images beyond Pillow's pixel limit are refused unless `allow_large`."""
     from kx_vision.data.images import to_rgb_array
 
-    try:
-        with Image.open(path) as image:
-            pixels = image.width * image.height
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and pixels > limit and not allow_large:
-                raise DataError(
-                    f"{path} is {image.width}x{image.height} ({pixels / 1e6:.0f} megapixels), beyond "
-                    f"Pillow's decompression-bomb limit of {limit / 1e6:.0f} megapixels; pass "
-                    "--allow-large-images if you trust this file"
-                )
-            notes = []
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                notes.append("alpha channel dropped")
-            if image.mode.startswith("I;16") or image.mode == "I":
-                notes.append("16-bit image scaled to 8 bits")
-            if allow_large:
-                Image.MAX_IMAGE_PIXELS = None
-            image.load()
-            return to_rgb_array(image, path), notes
-    except DataError:
-        raise
-    except Exception as error:  # noqa: BLE001 - Pillow's many failure types become one message
-        raise DataError(f"cannot read image {path}: {error}") from error
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        # Pillow warns above the limit and raises above twice it; we decide here instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as image:
+                if limit and image.width * image.height > limit and not allow_large:
+                    raise DataError(_bomb_message(path, image.width, image.height, limit))
+                notes = []
+                if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                    notes.append("alpha channel dropped")
+                if image.mode.startswith("I;16") or image.mode == "I":
+                    notes.append("16-bit image scaled to 8 bits")
+                image.load()
+                return to_rgb_array(image, path), notes
+        except DataError:
+            raise
+        except Exception as error:  # noqa: BLE001 - Pillow's many failure types become one message
+            raise DataError(f"cannot read image {path}: {error}") from error
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def _write_png(array, path):
