@@ -54,3 +54,91 @@ def vgg16_feature_extractor(layer_names, weights="imagenet"):
     extractor = keras.Model(vgg.input, outputs, name="vgg16_features")
     extractor.trainable = False
     return extractor
+
+
+# Backbones known by name: the keras.applications constructor and the input preprocessing its
+# ImageNet weights expect (applied inside the model to images in [0, 1], see `ImagePreprocessing`).
+BACKBONES = {
+    "resnet50": ("ResNet50", "caffe"),
+    "vgg16": ("VGG16", "caffe"),
+    "mobilenetv2": ("MobileNetV2", "tf"),
+    "mobilenetv3small": ("MobileNetV3Small", "raw255"),
+    "efficientnetb0": ("EfficientNetB0", "raw255"),
+    "efficientnetb3": ("EfficientNetB3", "raw255"),
+    "resnet50v2": ("ResNet50V2", "tf"),
+    "densenet121": ("DenseNet121", "torch"),
+}
+
+
+def simple_backbone(num_stages=5, width=16, name="simple"):
+    """A small plain CNN encoder (each stage: stride-2 conv, BN, ReLU, conv, BN, ReLU; channels
+    `width * 2**i` capped at 256), for training from scratch on small data sets and for fast tests.
+    It has no pretrained weights."""
+    image = keras.Input((None, None, 3), name=f"{name}_input")
+    x = image
+    for i in range(num_stages):
+        filters = min(width * 2**i, 256)
+        for j, strides in enumerate((2, 1)):
+            x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                    name=f"{name}_stage{i}_conv{j}")(x)
+            x = keras.layers.BatchNormalization(name=f"{name}_stage{i}_bn{j}")(x)
+            x = keras.layers.ReLU(name=f"{name}_stage{i}_relu{j}")(x)
+    return keras.Model(image, x, name=name)
+
+
+def build_backbone(name, weights="imagenet", **kwargs):
+    """`(backbone, preprocessing)` for a name of `BACKBONES` (case-insensitive), or "simple"."""
+    key = name.lower().replace("_", "")
+    if key == "simple":
+        if weights not in (None, "none"):
+            raise WeightsUnavailableError("the 'simple' backbone has no pretrained weights: set its weights to null")
+        return simple_backbone(), "none"
+    if key not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, simple (or pass a keras.Model)")
+    application, preprocessing = BACKBONES[key]
+    return load_application(application, weights=weights, input_shape=(None, None, 3), **kwargs), preprocessing
+
+
+def find_skip_layers(backbone, probe_size=256):
+    """Names of the layers whose activations a U-Net decoder should take as skips, shallow to deep.
+
+    Like fastai's DynamicUnet, which runs a dummy input and watches where the spatial size changes:
+    the output shape of every layer is computed symbolically for a `probe_size` square input, and
+    at each halving of the spatial size the last layer seen at the previous size is tapped. Layers
+    that only pad (a size larger than the current one) and side branches that pool to a much smaller
+    size (squeeze-and-excitation) are ignored, and so are taps with no more channels than the image
+    (preprocessing layers). The backbone's output is the bottleneck, not a tap.
+
+    Returns a list of `(layer_name, reduction_factor, channels)`.
+    """
+    channels = backbone.input.shape[-1]
+    layers = [
+        layer for layer in backbone.layers[1:]
+        if not isinstance(layer, keras.layers.InputLayer) and len(getattr(layer.output, "shape", ())) == 4
+    ]
+    probe = keras.Model(backbone.inputs, [layer.output for layer in layers])
+    specs = probe.compute_output_spec(keras.KerasTensor((1, probe_size, probe_size, channels)))
+    taps = []
+    current, last_at_current = probe_size, None
+    for layer, spec in zip(layers, specs):
+        size = spec.shape[1]
+        if size == current:
+            last_at_current = (layer.name, probe_size // size, spec.shape[-1])
+        elif current // 2 - 1 <= size < current:
+            if last_at_current is not None and last_at_current[2] > channels:
+                taps.append(last_at_current)
+            current, last_at_current = size, (layer.name, probe_size // size, spec.shape[-1])
+    return taps
+
+
+def resolve_backbone(backbone, weights="imagenet"):
+    """`(backbone_model, preprocessing_mode, config_value)` for a backbone given as a name of
+    `BACKBONES`, a functional `keras.Model`, or the serialized model stored in a config."""
+    if isinstance(backbone, str):
+        model, preprocessing = build_backbone(backbone, weights=weights)
+        return model, preprocessing, backbone
+    if isinstance(backbone, dict):
+        backbone = keras.saving.deserialize_keras_object(backbone)
+    if not isinstance(backbone, keras.Model) or not hasattr(backbone, "inputs"):
+        raise TypeError(f"backbone must be a name ({', '.join(BACKBONES)}) or a functional keras.Model, got {backbone!r}")
+    return backbone, "none", keras.saving.serialize_keras_object(backbone)

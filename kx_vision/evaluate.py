@@ -1,5 +1,7 @@
-"""Evaluate a super-resolution model on a benchmark set:
-`python -m kx_vision.evaluate superres --model PATH_OR_bicubic --data DIR --scale N [--self-ensemble] [--json]`.
+"""Evaluate a model on a labelled set.
+
+`python -m kx_vision.evaluate superres --model PATH_OR_bicubic --data DIR --scale N [--self-ensemble] [--json]`
+`python -m kx_vision.evaluate segmentation --model PATH --images DIR --masks DIR --num-classes N [--ignore-class K] [--json]`
 
 Protocol of the super-resolution papers (EDSR, VDSR): HR images cropped to a multiple of the scale, LR made
 by the same bicubic degradation as training (antialiased, MATLAB `imresize` semantics, 8-bit), predictions
@@ -125,11 +127,61 @@ def _parser():
     p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
+    q = sub.add_parser("segmentation", help="mean IoU, per-class IoU and pixel accuracy at full resolution")
+    q.add_argument("--model", required=True, help="a .keras segmentation model")
+    q.add_argument("--images", required=True, help="image folder(s), comma-separated")
+    q.add_argument("--masks", required=True, help="mask folder(s) (files named like the images)")
+    q.add_argument("--num-classes", type=int, required=True, help="classes (1: binary)")
+    q.add_argument("--ignore-class", type=int, default=None, help="mask value to ignore (e.g. 11 for CamVid void)")
+    q.add_argument("--mask-divisor", type=int, default=1, help="divide mask values by this (255 for 0/255 masks)")
+    q.add_argument("--class-names", default=None, help="comma-separated class names for the report")
+    q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    q.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
     return parser
+
+
+def evaluate_segmentation(args):
+    """Scores of a segmentation model on image/mask folders, each image at its own size."""
+    from kx_vision.data.masks import find_pairs, load_pairs
+    from kx_vision.inference import as_predict_fn
+    from kx_vision.models.loading import load_model
+    from kx_vision.tasks.segmentation import confusion_matrix, scores_from_confusion
+
+    model = load_model(args.model)
+    model_classes = getattr(model, "num_classes", None)
+    if model_classes is not None and model_classes != args.num_classes:
+        raise KxVisionError(f"{args.model} predicts {model_classes} classes but --num-classes is {args.num_classes}")
+    pairs = find_pairs([p for p in args.images.split(",") if p], [p for p in args.masks.split(",") if p])
+    if args.limit:
+        pairs = pairs[: args.limit]
+    images, masks = load_pairs(pairs, args.num_classes, args.ignore_class, args.mask_divisor)
+    batches = ((image[None].astype(np.float32) / 255.0, mask[None]) for image, mask in zip(images, masks))
+    cm = confusion_matrix(as_predict_fn(model), batches, args.num_classes, args.ignore_class)
+    names = args.class_names.split(",") if args.class_names else (
+        ["background", "foreground"] if args.num_classes == 1 else None)
+    return scores_from_confusion(cm, names), len(images)
+
+
+def main_segmentation(args):
+    scores, count = evaluate_segmentation(args)
+    print(f"{args.model} on {args.images} ({count} images)")
+    width = max(len(k) for k in scores["per_class_iou"])
+    for name, value in scores["per_class_iou"].items():
+        print(f"{name:<{width}}  IoU {'  n/a' if value is None else f'{value:.3f}'}")
+    print(f"{'mean':<{width}}  IoU {scores['miou']:.3f}   pixel accuracy {scores['pixel_accuracy']:.3f}")
+    if args.json:
+        print(json.dumps({**scores, "images": count, "model": args.model}))
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.task == "segmentation":
+        try:
+            main_segmentation(args)
+        except KxVisionError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
     try:
         predict, scale = resolve_model(args.model, args.scale)
         names, images = load_hr_images(args.data, args.limit)

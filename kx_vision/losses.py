@@ -75,3 +75,98 @@ class PerceptualLoss(keras.losses.Loss):
             "layer_weights": list(self.layer_weights),
             "pixel_weight": self.pixel_weight,
         }
+
+
+def _valid_and_labels(y_true, num_classes, ignore_class):
+    """`(labels, valid)`: integer labels `(N, H, W)` with ignored pixels set to 0, and a float mask
+    `(N, H, W)` that is 0 on ignored pixels."""
+    labels = ops.convert_to_tensor(y_true)
+    if len(labels.shape) == 4:
+        labels = labels[..., 0]
+    labels = ops.cast(labels, "int32")
+    if ignore_class is None:
+        return labels, ops.ones_like(labels, dtype="float32")
+    valid = ops.not_equal(labels, ignore_class)
+    return ops.where(valid, labels, 0), ops.cast(valid, "float32")
+
+
+def _probabilities(y_pred, num_classes):
+    """Per-class probabilities `(N, H, W, C)`; a binary `(N, H, W, 1)` sigmoid becomes 2 classes."""
+    y_pred = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+    if num_classes == 1:
+        return ops.concatenate([1.0 - y_pred, y_pred], axis=-1)
+    return y_pred
+
+
+def segmentation_cross_entropy(y_true, y_pred, num_classes, ignore_class=None):
+    """Per-image mean cross-entropy over the pixels that are not `ignore_class`; `(N,)`.
+
+    `y_pred` holds probabilities: `(N, H, W, 1)` sigmoid for `num_classes=1`, else softmax.
+    """
+    labels, valid = _valid_and_labels(y_true, num_classes, ignore_class)
+    probs = _probabilities(y_pred, num_classes)
+    classes = probs.shape[-1]
+    picked = ops.sum(probs * ops.one_hot(labels, classes, dtype="float32"), axis=-1)
+    nll = -ops.log(ops.clip(picked, 1e-7, 1.0))
+    return ops.sum(nll * valid, axis=(1, 2)) / ops.maximum(ops.sum(valid, axis=(1, 2)), 1.0)
+
+
+def soft_dice_loss(y_true, y_pred, num_classes, ignore_class=None, smooth=1.0):
+    """Per-image `1 - soft dice` on the non-ignored pixels; `(N,)`.
+
+    Binary (`num_classes=1`): dice of the foreground probability. Multi-class: mean over classes
+    of the per-class soft dice.
+    """
+    labels, valid = _valid_and_labels(y_true, num_classes, ignore_class)
+    probs = _probabilities(y_pred, num_classes)
+    target = ops.one_hot(labels, probs.shape[-1], dtype="float32")
+    if num_classes == 1:
+        probs, target = probs[..., 1:], target[..., 1:]
+    mask = valid[..., None]
+    intersection = ops.sum(probs * target * mask, axis=(1, 2))
+    total = ops.sum((probs + target) * mask, axis=(1, 2))
+    dice = (2.0 * intersection + smooth) / (total + smooth)
+    return 1.0 - ops.mean(dice, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class SegmentationLoss(keras.losses.Loss):
+    """`ce_weight * cross-entropy + dice_weight * (1 - soft dice)`, both ignoring `ignore_class`.
+
+    Keras's `SparseCategoricalCrossentropy(ignore_class=...)` covers the multi-class cross-entropy
+    alone; this loss also covers the binary (sigmoid) case with the same ignore semantics and adds
+    the dice term, per image, so one loss serves both tasks (the multi-class cross-entropy equals
+    Keras's: see tests/test_segmentation_losses.py).
+
+    Args:
+        num_classes: 1 (binary, sigmoid output) or the number of classes (softmax output).
+        ignore_class: label value excluded from the loss (e.g. CamVid's void, 11), or None.
+        ce_weight, dice_weight: weights of the two terms (set one to 0 to use the other alone).
+    """
+
+    def __init__(self, num_classes=1, ignore_class=None, ce_weight=1.0, dice_weight=1.0,
+                 name="segmentation_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_class = None if ignore_class is None else int(ignore_class)
+        self.ce_weight = float(ce_weight)
+        self.dice_weight = float(dice_weight)
+
+    def call(self, y_true, y_pred):
+        loss = 0.0
+        if self.ce_weight:
+            loss = loss + self.ce_weight * segmentation_cross_entropy(
+                y_true, y_pred, self.num_classes, self.ignore_class)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * soft_dice_loss(
+                y_true, y_pred, self.num_classes, self.ignore_class)
+        return loss
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "ignore_class": self.ignore_class,
+            "ce_weight": self.ce_weight,
+            "dice_weight": self.dice_weight,
+        }

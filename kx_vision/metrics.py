@@ -134,3 +134,92 @@ class SSIM(_ImageQualityMetric):
     """Mean per-image SSIM on Y (default) or RGB, with `shave` border pixels removed."""
 
     _fn = staticmethod(ssim)
+
+
+def _hard_labels(y_true, y_pred, num_classes, ignore_class):
+    """Integer labels and predictions `(N, H, W)` and a float validity mask."""
+    labels = ops.convert_to_tensor(y_true)
+    if len(labels.shape) == 4:
+        labels = labels[..., 0]
+    labels = ops.cast(labels, "int32")
+    y_pred = ops.convert_to_tensor(y_pred)
+    if num_classes == 1:
+        predicted = ops.cast(ops.greater_equal(y_pred[..., 0], 0.5), "int32")
+    else:
+        predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+    valid = ops.ones_like(labels, dtype="float32") if ignore_class is None else ops.cast(
+        ops.not_equal(labels, ignore_class), "float32")
+    return labels, predicted, valid
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class PixelAccuracy(keras.metrics.Metric):
+    """Fraction of correctly classified pixels, ignoring `ignore_class` (Keras's accuracy metrics
+    have no ignore class). Binary outputs (`num_classes=1`) are thresholded at 0.5."""
+
+    def __init__(self, num_classes=1, ignore_class=None, name="pixel_accuracy", dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype or "float32", **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_class = None if ignore_class is None else int(ignore_class)
+        self.correct = self.add_variable((), initializer="zeros", name="correct", dtype="float32")
+        self.total = self.add_variable((), initializer="zeros", name="total", dtype="float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels, predicted, valid = _hard_labels(y_true, y_pred, self.num_classes, self.ignore_class)
+        hits = ops.cast(ops.equal(labels, predicted), "float32") * valid
+        self.correct.assign_add(ops.sum(hits))
+        self.total.assign_add(ops.sum(valid))
+
+    def result(self):
+        return self.correct / ops.maximum(self.total, 1.0)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "ignore_class": self.ignore_class,
+                "name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class Dice(keras.metrics.Metric):
+    """Dice coefficient `2|P∩T| / (|P| + |T|)` of the foreground of a binary segmentation
+    (sigmoid output thresholded at 0.5), accumulated over all pixels seen, ignoring `ignore_class`.
+    Keras has `BinaryIoU` but no dice metric."""
+
+    def __init__(self, ignore_class=None, name="dice", dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype or "float32", **kwargs)
+        self.ignore_class = None if ignore_class is None else int(ignore_class)
+        self.intersection = self.add_variable((), initializer="zeros", name="intersection", dtype="float32")
+        self.total = self.add_variable((), initializer="zeros", name="total", dtype="float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels, predicted, valid = _hard_labels(y_true, y_pred, 1, self.ignore_class)
+        truth = ops.cast(ops.equal(labels, 1), "float32") * valid
+        pred = ops.cast(predicted, "float32") * valid
+        self.intersection.assign_add(ops.sum(truth * pred))
+        self.total.assign_add(ops.sum(truth) + ops.sum(pred))
+
+    def result(self):
+        return ops.where(self.total > 0, 2.0 * self.intersection / ops.maximum(self.total, 1.0), 1.0)
+
+    def reset_state(self):
+        self.intersection.assign(0.0)
+        self.total.assign(0.0)
+
+    def get_config(self):
+        return {"ignore_class": self.ignore_class, "name": self.name, "dtype": self.dtype}
+
+
+def segmentation_metrics(num_classes, ignore_class=None):
+    """The metrics reported while training a segmentation model: mean IoU (Keras's `MeanIoU` /
+    `BinaryIoU`) and pixel accuracy, plus dice for binary tasks."""
+    found = [PixelAccuracy(num_classes, ignore_class)]
+    if num_classes == 1:
+        if ignore_class is None:
+            found.append(keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.5, name="miou"))
+        found.append(Dice(ignore_class))
+    else:
+        found.append(keras.metrics.MeanIoU(num_classes, ignore_class=ignore_class, sparse_y_pred=False, name="miou"))
+    return found

@@ -1,6 +1,9 @@
-"""Super-resolve images of any size:
-`python -m kx_vision.predict superres --model PATH --input FILE_OR_DIR --output DIR [--tile T --overlap O]`.
+"""Run a trained model on image files.
 
+`python -m kx_vision.predict superres --model PATH --input FILE_OR_DIR --output DIR [--tile T --overlap O]`
+`python -m kx_vision.predict segmentation --model PATH --input FILE_OR_DIR --output DIR`
+
+Super-resolution:
 Large images are processed in overlapping tiles that are blended (`kx_vision.inference.predict_tiled`),
 so memory stays bounded. Outputs are lossless PNGs named `<input stem>_x<scale>.png`, written atomically;
 an input file is never overwritten. Inputs: as for training, grayscale and palette images become RGB,
@@ -68,16 +71,6 @@ def _read(path, allow_large):
             Image.MAX_IMAGE_PIXELS = limit
 
 
-def _write_png(array, path):
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, self_ensemble=False,
         scale=None):
     from kx_vision import inference
@@ -100,12 +93,60 @@ def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, sel
         lr = image.astype(np.float32) / 255.0
         sr = inference.predict_tiled(predict, lr, scale, tile=tile, overlap=overlap) if tile else \
             inference.predict_whole(predict, lr)
-        _write_png(sr, target)
+        _save_atomic(Image.fromarray(sr), target)
         note = f" ({'; '.join(notes)})" if notes else ""
         print(f"{path} {image.shape[1]}x{image.shape[0]} -> {target} {sr.shape[1]}x{sr.shape[0]} "
               f"in {time.perf_counter() - start:.1f} s{note}")
         written.append(target)
     return written
+
+
+# Colours of the class ids in masks and overlays (CamVid's first, then a spread of hues).
+PALETTE = np.array([
+    [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0],
+] + [[(37 * i) % 256, (97 * i) % 256, (173 * i) % 256] for i in range(12, 256)], dtype=np.uint8)
+
+
+def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5):
+    """Writes `<stem>_mask.png` (class ids as a palette PNG: the pixel values are the ids) and
+    `<stem>_overlay.png` (class colours blended over the image) for each input image."""
+    from kx_vision.inference import as_predict_fn
+    from kx_vision.models.loading import load_model
+
+    model = load_model(model_path)
+    predict = as_predict_fn(model)
+    files = _inputs(inputs)
+    os.makedirs(output, exist_ok=True)
+    sources = {os.path.realpath(f) for f in files}
+    written = []
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        targets = [os.path.join(output, f"{stem}_{kind}.png") for kind in ("mask", "overlay")]
+        if any(os.path.realpath(t) in sources for t in targets):
+            raise DataError(f"an output for {path} would overwrite an input file; choose another --output")
+        image, notes = _read(path, allow_large)
+        probs = np.asarray(predict(image[None].astype(np.float32) / 255.0))[0]
+        labels = (probs[..., 0] >= 0.5).astype(np.uint8) if probs.shape[-1] == 1 else probs.argmax(-1).astype(np.uint8)
+        mask = Image.fromarray(labels, mode="P")
+        mask.putpalette(PALETTE.reshape(-1).tolist())
+        overlay = (image * (1 - alpha) + PALETTE[labels] * alpha).round().astype(np.uint8)
+        _save_atomic(mask, targets[0])
+        _save_atomic(Image.fromarray(overlay), targets[1])
+        note = f" ({'; '.join(notes)})" if notes else ""
+        print(f"{path} -> {targets[0]}, {targets[1]}{note}")
+        written.extend(targets)
+    return written
+
+
+def _save_atomic(image, path):
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _parser():
@@ -121,12 +162,21 @@ def _parser():
     p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (8x slower)")
     p.add_argument("--allow-large-images", action="store_true",
                    help="accept images beyond Pillow's decompression-bomb limit")
+    q = sub.add_parser("segmentation", help="class-id masks and colour overlays")
+    q.add_argument("--model", required=True, help="a .keras segmentation model")
+    q.add_argument("--input", required=True, help="an image file or a folder of images")
+    q.add_argument("--output", required=True, help="output folder")
+    q.add_argument("--allow-large-images", action="store_true",
+                   help="accept images beyond Pillow's decompression-bomb limit")
     return parser
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
+        if args.task == "segmentation":
+            run_segmentation(args.model, args.input, args.output, args.allow_large_images)
+            return 0
         if args.tile and not 0 <= args.overlap < args.tile:
             raise KxVisionError(f"--overlap must be in [0, --tile), got {args.overlap} with --tile {args.tile}")
         run(args.model, args.input, args.output, args.tile, args.overlap, args.allow_large_images,

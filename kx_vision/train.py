@@ -16,7 +16,10 @@ import sys
 from kx_vision import config as config_lib
 from kx_vision.errors import ConfigError, KxVisionError
 
-TASKS = {"superres": "kx_vision.tasks.superres"}
+TASKS = {
+    "superres": "kx_vision.tasks.superres",
+    "segmentation": "kx_vision.tasks.segmentation",
+}
 
 
 def task_module(name):
@@ -76,9 +79,10 @@ def _initialise(model, config):
 def fit(task, config, output, verbose="auto", extra_callbacks=()):
     """Train `task` (a module of `kx_vision.tasks`) with `config`, writing into `output`.
 
-    With `init_from` and `freeze_transferred_epochs` (progressive resizing, x2 -> x4), training runs in
-    two phases: first only the layers that were not transferred, then all layers. A finished phase
-    leaves its weights behind, so a resumed run skips it.
+    A task may ask for a first phase in which some layers are frozen (`task.freeze_plan`: the
+    pretrained backbone of a U-Net, or the layers transferred from a x2 model); training then runs
+    in two phases, each compiled afresh. A finished phase leaves its weights behind, so a resumed
+    run skips it.
 
     Returns `(model, summary)`, the summary being a dict of final validation scores.
     """
@@ -92,12 +96,14 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
     config_lib.dump(config, os.path.join(output, "config.yaml"))
     keras.utils.set_random_seed(config.seed)
 
-    train_data, val_data, val_pairs = task.build_data(config)
+    data = task.build_data(config)
     model = task.build_model(config)
     transferred = _initialise(model, config)
-    frozen_epochs = min(getattr(config, "freeze_transferred_epochs", 0), config.epochs) if transferred else 0
+    frozen, frozen_epochs = task.freeze_plan(model, config, transferred)
+    frozen_epochs = min(frozen_epochs, config.epochs) if frozen else 0
     phases = [("frozen", 0, frozen_epochs), ("all", frozen_epochs, config.epochs)]
     phases = [phase for phase in phases if phase[1] < phase[2]]
+    monitor, mode = task.MONITOR
     for name, first, last in phases:
         done_marker = os.path.join(output, f"phase_{name}.weights.h5")
         if name != phases[-1][0] and os.path.isfile(done_marker):
@@ -105,41 +111,42 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
             print(f"phase '{name}' already finished: loaded {done_marker}")
             continue
         for layer in model.layers:
-            if layer.name in transferred:
+            if layer.name in frozen:
                 layer.trainable = name != "frozen"
         if name == "frozen":
-            new = [layer.name for layer in model.layers if layer.weights and layer.name not in transferred]
-            print(f"epochs {first + 1}-{last}: training only {', '.join(new)} (not transferred)")
+            trained = [layer.name for layer in model.layers if layer.weights and layer.name not in frozen]
+            shown = ", ".join(trained) if len(trained) <= 6 else f"{len(trained)} layers"
+            print(f"epochs {first + 1}-{last}: training only {shown} ({', '.join(frozen)} frozen)")
         model.compile(
-            optimizer=build_optimizer(config, (last - first) * config.steps_per_epoch),
+            optimizer=build_optimizer(config, (last - first) * data["steps_per_epoch"]),
             loss=task.build_loss(config),
             metrics=task.build_metrics(config),
-            jit_compile="auto",
+            jit_compile="auto" if config.jit_compile is None else config.jit_compile,
         )
         callbacks = [
             keras.callbacks.BackupAndRestore(os.path.join(output, "backup", name)),
             keras.callbacks.TerminateOnNaN(),
-            AtomicModelCheckpoint(os.path.join(output, "checkpoints"), monitor="val_psnr", mode="max"),
+            AtomicModelCheckpoint(os.path.join(output, "checkpoints"), monitor=monitor, mode=mode),
             keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True),
         ]
         if importlib.util.find_spec("tensorboard") is not None:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
         callbacks.extend(extra_callbacks)
         model.fit(
-            train_data,
+            data["train"],
             initial_epoch=first,
             epochs=last,
-            steps_per_epoch=config.steps_per_epoch,
-            validation_data=val_data,
+            steps_per_epoch=data["steps_per_epoch"] if data.get("endless") else None,
+            validation_data=data["val"],
             callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline samples patches at random itself
+            shuffle=False,  # the tf.data pipelines shuffle / sample at random themselves
             verbose=verbose,
         )
         if name != phases[-1][0]:
             save_weights_atomic(model, done_marker)
 
     save_model_atomic(model, os.path.join(output, "model.keras"))
-    message, summary = task.report(model, val_pairs, config)
+    message, summary = task.report(model, data, config)
     print(message)
     with open(os.path.join(output, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -43,7 +43,7 @@ def tiny_config(folders, **extra):
 
 def test_one_training_step_lowers_the_loss(folders):
     config = tiny_config(folders)
-    train_data, _, _ = superres.build_data(config)
+    train_data = superres.build_data(config)["train"]
     lr, hr = next(iter(train_data))
     lr, hr = np.asarray(lr), np.asarray(hr)
     model = superres.build_model(config)
@@ -56,7 +56,7 @@ def test_one_training_step_lowers_the_loss(folders):
 
 def test_perceptual_loss_training_step_lowers_the_loss(folders):
     config = tiny_config(folders, **{"loss.name": "perceptual", "loss.vgg_weights": "null"})
-    train_data, _, _ = superres.build_data(config)
+    train_data = superres.build_data(config)["train"]
     lr, hr = (np.asarray(t) for t in next(iter(train_data)))
     model = superres.build_model(config)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=superres.build_loss(config))

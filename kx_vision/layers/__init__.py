@@ -1,6 +1,16 @@
 """Registered, serializable layers built from `keras.ops` only."""
 
 from kx_vision.layers.pixel_shuffle import ICNR, PixelShuffle, apply_pixel_shuffle_upsample
+from kx_vision.layers.preprocessing import ImagePreprocessing
 from kx_vision.layers.residual import ResidualBlock
+from kx_vision.layers.spatial import CropLike, PadToMultiple
 
-__all__ = ["ICNR", "PixelShuffle", "ResidualBlock", "apply_pixel_shuffle_upsample"]
+__all__ = [
+    "CropLike",
+    "ICNR",
+    "ImagePreprocessing",
+    "PadToMultiple",
+    "PixelShuffle",
+    "ResidualBlock",
+    "apply_pixel_shuffle_upsample",
+]

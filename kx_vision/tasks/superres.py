@@ -10,6 +10,7 @@ from kx_vision import losses, metrics
 from kx_vision.config import option
 from kx_vision.data import transforms
 from kx_vision.models import EDSR
+from kx_vision.tasks.common import OptimizerConfig
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
 
@@ -40,19 +41,12 @@ class LossConfig:
 
 
 @dataclasses.dataclass
-class OptimizerConfig:
-    learning_rate: float = option(1e-3, "peak learning rate of Adam")
-    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "constant"))
-    warmup_steps: int = option(100, "linear warm-up steps before the cosine decay")
-    clipnorm: float | None = option(None, "clip each gradient to this norm (null: no clipping)")
-
-
-@dataclasses.dataclass
 class SuperResConfig:
     scale: int = option(2, "upscaling factor", choices=(2, 3, 4, 8))
     epochs: int = option(8, "training epochs")
     steps_per_epoch: int = option(200, "training steps per epoch")
     seed: int = option(0, "seed of weight initialisation and patch sampling")
+    jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
     init_from: str | None = option(
         None, "a .keras model whose weights seed this one, by layer name (e.g. x2 -> x4)"
     )
@@ -91,8 +85,16 @@ def build_metrics(config):
     return found
 
 
+MONITOR = ("val_psnr", "max")
+
+
+def freeze_plan(model, config, transferred):
+    """Layers frozen in a first phase: those seeded by `init_from`, for `freeze_transferred_epochs`."""
+    return (list(transferred), config.freeze_transferred_epochs) if transferred else ([], 0)
+
+
 def build_data(config):
-    """(train dataset, validation dataset, validation pairs) as described in `kx_vision.data.superres`."""
+    """`{"train", "val", "val_pairs", "steps_per_epoch", "endless"}` (see `kx_vision.data.superres`)."""
     from kx_vision.data import superres as sr_data  # TensorFlow is imported only when data is built
 
     train_images = sr_data.load_folders(
@@ -108,7 +110,13 @@ def build_data(config):
         augment=config.data.augment,
     )
     pairs = sr_data.validation_pairs(val_images, config.scale)
-    return train, sr_data.pairs_dataset(pairs), pairs
+    return {
+        "train": train,
+        "val": sr_data.pairs_dataset(pairs),
+        "val_pairs": pairs,
+        "steps_per_epoch": config.steps_per_epoch,
+        "endless": True,
+    }
 
 
 def check_config(config):
@@ -133,7 +141,8 @@ def score(model, pairs, scale):
     return float(np.mean(model_scores)), float(np.mean(bicubic_scores))
 
 
-def report(model, pairs, config):
+def report(model, data, config):
+    pairs = data["val_pairs"]
     model_psnr, bicubic_psnr = score(model, pairs, config.scale)
     return (
         f"validation Y-PSNR (x{config.scale}, {len(pairs)} images): model {model_psnr:.2f} dB, "

@@ -1,0 +1,14 @@
+"""A tiny functional backbone (4 stride-2 stages) so segmentation tests build and run fast."""
+
+import keras
+
+
+def tiny_backbone(stages=5, width=8):
+    image = keras.Input((None, None, 3), name="tiny_input")
+    x = image
+    for i in range(stages):
+        x = keras.layers.Conv2D(width * (i + 1), 3, strides=2, padding="same", name=f"stage{i}_down")(x)
+        x = keras.layers.BatchNormalization(name=f"stage{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"stage{i}_relu")(x)
+        x = keras.layers.Conv2D(width * (i + 1), 3, padding="same", activation="relu", name=f"stage{i}_conv")(x)
+    return keras.Model(image, x, name="tiny")
