@@ -12,12 +12,14 @@ _WEIGHT_FILES = {
 }
 
 
-def load_application(name, weights="imagenet", **kwargs):
+def load_application(name, weights="imagenet", weights_key="model.backbone_weights",
+                     alternative="--set model.backbone_weights=null to train the backbone from scratch", **kwargs):
     """Build `keras.applications.<name>(include_top=False, weights=weights, **kwargs)`.
 
     `weights` is "imagenet" (downloaded once to ~/.keras/models), `None` (random: for tests and
     training from scratch), or the path of a weights file. A failed download or a missing file
-    raises `WeightsUnavailableError` saying what to do; random weights are never substituted.
+    raises `WeightsUnavailableError` saying what to do (`weights_key` and `alternative` name the
+    config key to set and the other way out); random weights are never substituted.
     """
     if weights not in ("imagenet", None):
         weights = os.fspath(weights)
@@ -31,21 +33,23 @@ def load_application(name, weights="imagenet", **kwargs):
             raise WeightsUnavailableError(
                 f"could not load {name} weights from {weights}: {error}"
             ) from error
-        file_name = _WEIGHT_FILES.get(name, f"the {name} no-top weights file")
+        file_name = _WEIGHT_FILES.get(name, f"the {name} no-top weights file (*_notop.h5)")
         cache = os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "models")
         raise WeightsUnavailableError(
             f"could not get the ImageNet weights of {name} ({type(error).__name__}: {error}). "
             f"This machine may be offline. Either copy {file_name} into {cache}/ "
-            f"(keras.applications looks there before downloading), or pass its path as the "
-            f"weights (e.g. --set loss.vgg_weights=/path/{file_name}), or choose a loss that "
-            f"needs no pretrained network (--set loss.name=l1)."
+            f"(keras.applications looks there before downloading), or pass its path "
+            f"(--set {weights_key}=/path/to/file), or use {alternative}."
         ) from error
 
 
 def vgg16_feature_extractor(layer_names, weights="imagenet"):
     """A frozen VGG16 mapping caffe-preprocessed images (BGR, 0-255, mean removed) to the outputs
     of `layer_names`, e.g. ("block1_conv2", "block2_conv2", "block3_conv3")."""
-    vgg = load_application("VGG16", weights=weights, input_shape=(None, None, 3))
+    vgg = load_application(
+        "VGG16", weights=weights, weights_key="loss.vgg_weights",
+        alternative="a loss that needs no pretrained network (--set loss.name=l1)",
+        input_shape=(None, None, 3))
     vgg.trainable = False
     missing = [n for n in layer_names if n not in {layer.name for layer in vgg.layers}]
     if missing:

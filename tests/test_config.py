@@ -42,8 +42,15 @@ def test_yaml_round_trip(tmp_path):
 def test_shipped_configs_load():
     from pathlib import Path
 
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
-        config_lib.load(SuperResConfig, str(path))
+    from kx_vision.tasks.segmentation import SegmentationConfig, check_config
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        if path.name.startswith(("camvid", "membrane")):
+            check_config(config_lib.load(SegmentationConfig, str(path)))
+        else:
+            config_lib.load(SuperResConfig, str(path))
 
 
 def test_help_lists_every_key(capsys):

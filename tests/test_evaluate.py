@@ -1,4 +1,5 @@
 import json
+import os
 
 import keras
 import numpy as np
@@ -13,14 +14,15 @@ from tests_helpers import numpy_y_psnr
 
 
 @pytest.fixture
-def images_dir(tmp_path, rng):
+def images_dir(tmp_path):
+    """Two real photographs (the package's public-domain validation sample), downsized to keep tests fast."""
+    from kx_vision.tasks.superres import SAMPLE_DIR
+
     folder = tmp_path / "set"
     folder.mkdir()
-    yy, xx = np.mgrid[0:41, 0:47]
-    for i in range(2):
-        base = np.stack([np.sin(xx / (4 + i)), np.cos(yy / 5), np.sin((xx + yy) / 7)], -1)
-        image = ((base * 0.4 + 0.5 + rng.normal(0, 0.02, base.shape)).clip(0, 1) * 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / f"img{i}.png")
+    for i, name in enumerate(sorted(os.listdir(os.path.join(SAMPLE_DIR, "val")))):
+        image = Image.open(os.path.join(SAMPLE_DIR, "val", name)).convert("RGB")
+        image.resize((image.width // 4, image.height // 4), Image.BICUBIC).save(folder / f"img{i}.png")
     return folder
 
 
@@ -56,7 +58,7 @@ def test_trained_model_beats_its_initialisation(images_dir, tmp_path, capsys):
     before = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # A few steps on the evaluation images themselves: the scores must move up.
     names, images = evaluate.load_hr_images(str(images_dir))
-    hr = np.stack([transforms.crop_to_multiple(im, 2)[:40, :40] for im in images]).astype(np.float32) / 255
+    hr = np.stack([transforms.crop_to_multiple(im, 2)[:60, :60] for im in images]).astype(np.float32) / 255
     lr = np.asarray(transforms.bicubic_downscale(hr, 2))
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mae")
     model.fit(lr, hr, epochs=60, verbose=0)

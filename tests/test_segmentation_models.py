@@ -5,7 +5,7 @@ from keras import ops
 
 from kx_vision.backbones import build_backbone, find_skip_layers
 from kx_vision.models import UNet, UpsampleHeadNet
-from seg_helpers import tiny_backbone
+from seg_helpers import symbolic, tiny_backbone
 
 EXPECTED_SKIPS = {
     "resnet50": ["conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"],
@@ -14,19 +14,25 @@ EXPECTED_SKIPS = {
 }
 
 
+# Building big applications is symbolic here: inside a StatelessScope Keras defers variable
+# initialisation, which on JAX would otherwise compile one random kernel per weight shape (minutes).
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_SKIPS))
 def test_skip_layers_found_automatically(name):
-    backbone, _ = build_backbone(name, weights=None)
-    assert [n for n, _, _ in find_skip_layers(backbone)] == EXPECTED_SKIPS[name]
+    with symbolic():
+        backbone, _ = build_backbone(name, weights=None)
+        assert [n for n, _, _ in find_skip_layers(backbone)] == EXPECTED_SKIPS[name]
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vgg16", "mobilenetv2", "efficientnetb0"])
-@pytest.mark.parametrize("size", [(360, 480), (45, 61)])
-def test_dynamic_unet_over_applications_any_size(name, size):
-    model = UNet(num_classes=12, backbone=name, backbone_weights=None, max_filters=32)
-    assert len(model.decoder_filters) == len(model.skip_layers) >= 4
-    spec = model.compute_output_spec(keras.KerasTensor((2, *size, 3)))
-    assert tuple(spec.shape) == (2, *size, 12)
+def test_dynamic_unet_over_applications_any_size(name):
+    with symbolic():
+        model = UNet(num_classes=12, backbone=name, backbone_weights=None, max_filters=32)
+        assert len(model.decoder_filters) == len(model.skip_layers) >= 4
+        for size in [(360, 480), (45, 61), (64, 64)]:
+            spec = model.compute_output_spec(keras.KerasTensor((2, *size, 3)))
+            assert tuple(spec.shape) == (2, *size, 12)
 
 
 @pytest.mark.parametrize("upsampling", ["pixel_shuffle", "transpose"])
@@ -56,10 +62,11 @@ def test_unet_keras_round_trip_without_custom_objects(tmp_path, rng):
 def test_named_backbone_config_round_trip_never_downloads(monkeypatch):
     from keras.src.utils import file_utils
 
-    model = UNet(num_classes=2, backbone="mobilenetv2", backbone_weights=None, max_filters=16)
-    monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: pytest.fail("tried to download weights"))
-    clone = UNet.from_config(model.get_config())
-    assert clone.skip_layers == model.skip_layers and clone.count_params() == model.count_params()
+    with symbolic():
+        model = UNet(num_classes=2, backbone="mobilenetv2", backbone_weights=None, max_filters=16)
+        monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: pytest.fail("tried to download weights"))
+        clone = UNet.from_config(model.get_config())
+        assert clone.skip_layers == model.skip_layers and clone.count_params() == model.count_params()
 
 
 def test_upsample_head_net(tmp_path, rng):
@@ -70,9 +77,10 @@ def test_upsample_head_net(tmp_path, rng):
     loaded = keras.saving.load_model(tmp_path / "naive.keras")
     x = rng.random((1, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
-    spec = UpsampleHeadNet(num_classes=12, backbone="resnet50", backbone_weights=None).compute_output_spec(
-        keras.KerasTensor((1, 360, 480, 3)))
-    assert tuple(spec.shape) == (1, 360, 480, 12)
+    with symbolic():
+        spec = UpsampleHeadNet(num_classes=12, backbone="resnet50", backbone_weights=None).compute_output_spec(
+            keras.KerasTensor((1, 360, 480, 3)))
+        assert tuple(spec.shape) == (1, 360, 480, 12)
 
 
 def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(rng):
@@ -91,3 +99,17 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(rng):
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=1, verbose=0)
     assert not np.array_equal(before[0], ops.convert_to_numpy(model.backbone.weights[0]))
+
+
+def test_imagenet_backbone_download_failure_is_explained(monkeypatch):
+    from keras.src.utils import file_utils
+
+    from kx_vision.errors import WeightsUnavailableError
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailableError) as info, symbolic():
+        UNet(num_classes=2, backbone="mobilenetv2", backbone_weights="imagenet")
+    assert "model.backbone_weights" in str(info.value) and "~/.keras" in str(info.value) or ".keras/models" in str(info.value)
