@@ -29,10 +29,13 @@ def task_module(name):
 
 
 def build_optimizer(config, total_steps):
+    """Adam (kx_vision's, with per-group rates) with the configured learning-rate schedule."""
     import keras
 
+    from kx_vision.optimizers import Adam, one_cycle
+
     opt = config.optimizer
-    learning_rate = opt.learning_rate
+    learning_rate, beta_1_schedule = opt.learning_rate, None
     if opt.schedule == "cosine":
         warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
         learning_rate = keras.optimizers.schedules.CosineDecay(
@@ -42,7 +45,36 @@ def build_optimizer(config, total_steps):
             warmup_steps=warmup,
             alpha=0.01,
         )
-    return keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=opt.clipnorm)
+    elif opt.schedule == "one_cycle":
+        learning_rate, momentum = one_cycle(opt.learning_rate, max(total_steps, 1), pct_start=opt.pct_start)
+        beta_1_schedule = momentum if opt.cycle_momentum else None
+    try:
+        return Adam(learning_rate=learning_rate, group_rates=opt.group_rates, beta_1_schedule=beta_1_schedule,
+                    clipnorm=opt.clipnorm)
+    except ValueError as error:
+        raise ConfigError(f"config key 'optimizer.group_rates': {error}") from None
+
+
+def find_learning_rate(task, config, output, num_steps=200):
+    """The LR range test on the task's model and data; saves `lr_find.png` and `lr_find.json`."""
+    from kx_vision import lr_finder
+
+    task.check_config(config)
+    os.makedirs(output, exist_ok=True)
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    data = task.build_data(config)
+    model = task.build_model(config)
+    _initialise(model, config)
+    train_data = data["train"] if data.get("endless") else data["train"].repeat()
+    result = lr_finder.find_lr(model, train_data, task.build_loss(config), num_steps=num_steps)
+    lr_finder.save_plot(result, os.path.join(output, "lr_find.png"))
+    lr_finder.save_json(result, os.path.join(output, "lr_find.json"))
+    suggestion = result["suggestion"]
+    print(f"LR range test over {len(result['lrs'])} steps: suggested learning rate "
+          f"{'n/a (too few steps)' if suggestion is None else f'{suggestion:.2e}'}; plot: {os.path.join(output, 'lr_find.png')}")
+    return result
 
 
 def _check_resume(output, config):
@@ -175,6 +207,9 @@ def _parser():
             help="override one config key (repeatable); lists: comma-separated",
         )
         p.add_argument("--output", metavar="DIR", default=None, help=f"output folder (default: runs/{name})")
+        p.add_argument("--find-lr", action="store_true",
+                       help="run the learning-rate range test instead of training (weights are not kept)")
+        p.add_argument("--find-lr-steps", type=int, default=200, metavar="N", help="steps of the range test")
     return parser
 
 
@@ -183,7 +218,11 @@ def main(argv=None):
     try:
         task = task_module(args.task)
         config = config_lib.load(task.Config, args.config, args.assignments)
-        fit(task, config, args.output or os.path.join("runs", args.task))
+        output = args.output or os.path.join("runs", args.task)
+        if args.find_lr:
+            find_learning_rate(task, config, output, args.find_lr_steps)
+        else:
+            fit(task, config, output)
     except KxVisionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

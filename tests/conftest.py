@@ -5,6 +5,13 @@ import keras
 import numpy as np
 import pytest
 
+if keras.backend.backend() == "tensorflow":
+    # Two logical CPU devices, so tf.distribute strategies really split batches in tests.
+    import tensorflow as tf
+
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("KX_VISION_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -113,3 +113,20 @@ def test_imagenet_backbone_download_failure_is_explained(monkeypatch):
     with pytest.raises(WeightsUnavailableError) as info, symbolic():
         UNet(num_classes=2, backbone="mobilenetv2", backbone_weights="imagenet")
     assert "model.backbone_weights" in str(info.value) and "~/.keras" in str(info.value) or ".keras/models" in str(info.value)
+
+
+def test_freeze_plan_by_layer_prefix():
+    from kx_vision import config as config_lib
+    from kx_vision.errors import ConfigError
+    from kx_vision.tasks import segmentation
+
+    model = UNet(num_classes=3, backbone=tiny_backbone(), max_filters=8)
+    config = config_lib.load(segmentation.SegmentationConfig, None, ["freeze_backbone_epochs=2"])
+    assert segmentation.freeze_plan(model, config, []) == (["backbone"], 2)
+    config = config_lib.load(segmentation.SegmentationConfig, None,
+                             ["freeze_backbone_epochs=1", "freeze_layers=backbone,middle_"])
+    names, epochs = segmentation.freeze_plan(model, config, [])
+    assert names[0] == "backbone" and {"middle_1_conv", "middle_2_bn"} <= set(names) and epochs == 1
+    config = config_lib.load(segmentation.SegmentationConfig, None, ["freeze_backbone_epochs=1", "freeze_layers=nope"])
+    with pytest.raises(ConfigError, match="freeze_layers"):
+        segmentation.freeze_plan(model, config, [])

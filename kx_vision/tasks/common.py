@@ -8,6 +8,12 @@ from kx_vision.config import option
 @dataclasses.dataclass
 class OptimizerConfig:
     learning_rate: float = option(1e-3, "peak learning rate of Adam")
-    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "constant"))
-    warmup_steps: int = option(100, "linear warm-up steps before the cosine decay")
+    schedule: str = option("cosine", "learning-rate schedule (one_cycle: fastai's fit_one_cycle)",
+                           choices=("cosine", "constant", "one_cycle"))
+    warmup_steps: int = option(100, "cosine: linear warm-up steps before the decay")
+    pct_start: float = option(0.25, "one_cycle: fraction of the steps spent rising to the peak")
+    cycle_momentum: bool = option(True, "one_cycle: cycle Adam's beta_1 0.95 -> 0.85 -> 0.95, inversely to the rate")
+    group_rates: list[str] = option(
+        [], "per-group rate multipliers 'prefix=multiplier' on variable paths, first match wins "
+        "(e.g. backbone/conv1=0.01,backbone/=0.1: the lesson's lr/100, lr/10, lr)")
     clipnorm: float | None = option(None, "clip each gradient to this norm (null: no clipping)")

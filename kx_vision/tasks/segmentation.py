@@ -51,7 +51,8 @@ class SegmentationConfig:
     ignore_class: int | None = option(11, "mask value excluded from loss and metrics (CamVid void: 11), or null")
     class_names: list[str] = option(CAMVID_CLASSES, "names of the classes, for reports")
     epochs: int = option(30, "training epochs (one pass over the training images each)")
-    freeze_backbone_epochs: int = option(0, "first epochs train the decoder with the backbone frozen")
+    freeze_backbone_epochs: int = option(0, "first epochs train with the layers of freeze_layers frozen (BN statistics too)")
+    freeze_layers: list[str] = option(["backbone"], "prefixes of the (top-level) layer names frozen in those epochs")
     seed: int = option(0, "seed of initialisation, shuffling and augmentation")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
     init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name (progressive resizing)")
@@ -97,9 +98,14 @@ def build_metrics(config):
 
 
 def freeze_plan(model, config, transferred):
-    """The backbone is frozen for the first `freeze_backbone_epochs` (the lesson: train the head,
-    then unfreeze)."""
-    return (["backbone"], config.freeze_backbone_epochs) if config.freeze_backbone_epochs else ([], 0)
+    """Layers whose names start with a prefix of `freeze_layers` (default: the backbone) are frozen
+    for the first `freeze_backbone_epochs` (the lesson: train the head, then unfreeze)."""
+    if not config.freeze_backbone_epochs:
+        return [], 0
+    names = [layer.name for layer in model.layers if layer.weights and layer.name.startswith(tuple(config.freeze_layers))]
+    if not names:
+        raise ConfigError(f"config key 'freeze_layers': no layer of the model starts with {config.freeze_layers}")
+    return names, config.freeze_backbone_epochs
 
 
 def load_split(config):

@@ -1,0 +1,167 @@
+"""The lesson's training tools on the optimizer side: one-cycle schedules and per-group learning rates.
+
+Keras optimizers have no parameter groups. `Adam`, `AdamW` and `SGD` here are Keras's, extended with
+`group_rates`: an ordered list of `(variable-path prefix, multiplier)`; each variable's update uses the
+learning rate times the multiplier of the first prefix its path starts with (1 otherwise). The
+*learning rate* is scaled, not the gradient: Adam normalises gradients, so scaling them would change
+nothing. This runs inside `update_step`, which every backend and `tf.distribute` strategy call per
+variable, so it works unchanged under MirroredStrategy and on JAX. Variable paths look like
+`backbone/conv1_conv/kernel` (a U-Net's encoder) or `block_3/conv1/kernel` (EDSR).
+
+`Adam` / `AdamW` also take `beta_1` as a schedule, so the one-cycle policy can cycle momentum inversely
+to the learning rate (fastai's `fit_one_cycle`, the lesson's `use_clr_beta`).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """One cycle from `start` to `peak` over the first `pct_start` of `total_steps`, then to `end`,
+    with cosine (default) or linear interpolation; constant at `end` afterwards.
+
+    Learning rate (Smith 2018, fastai): `OneCycle(max_lr / 25, max_lr, max_lr / 25e4, steps)`;
+    momentum, cycled inversely: `OneCycle(0.95, 0.85, 0.95, steps)` (see `one_cycle`).
+    """
+
+    def __init__(self, start, peak, end, total_steps, pct_start=0.25, anneal="cos", name="one_cycle"):
+        if anneal not in ("cos", "linear"):
+            raise ValueError(f"OneCycle: anneal must be 'cos' or 'linear', got {anneal!r}")
+        if not 0.0 <= pct_start <= 1.0 or total_steps < 1:
+            raise ValueError(f"OneCycle: need 0 <= pct_start <= 1 and total_steps >= 1, got {pct_start}, {total_steps}")
+        self.start, self.peak, self.end = float(start), float(peak), float(end)
+        self.total_steps = int(total_steps)
+        self.pct_start = float(pct_start)
+        self.anneal = anneal
+        self.name = name
+
+    def _interpolate(self, a, b, t):
+        t = ops.clip(t, 0.0, 1.0)
+        if self.anneal == "cos":
+            return a + (b - a) * (1.0 - ops.cos(math.pi * t)) / 2.0
+        return a + (b - a) * t
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        up = max(self.pct_start * self.total_steps, 1e-8)
+        down = max(self.total_steps - up, 1e-8)
+        rising = self._interpolate(self.start, self.peak, step / up)
+        falling = self._interpolate(self.peak, self.end, (step - up) / down)
+        return ops.where(step < up, rising, falling)
+
+    def get_config(self):
+        return {"start": self.start, "peak": self.peak, "end": self.end, "total_steps": self.total_steps,
+                "pct_start": self.pct_start, "anneal": self.anneal, "name": self.name}
+
+
+def one_cycle(max_lr, total_steps, pct_start=0.25, div_factor=25.0, final_div_factor=1e4,
+              momentum=(0.95, 0.85)):
+    """`(learning_rate_schedule, beta_1_schedule)` of the one-cycle policy (fastai's defaults)."""
+    lr = OneCycle(max_lr / div_factor, max_lr, max_lr / (div_factor * final_div_factor), total_steps, pct_start)
+    high, low = momentum
+    return lr, OneCycle(high, low, high, total_steps, pct_start, name="one_cycle_momentum")
+
+
+def parse_group_rates(group_rates):
+    """`[(prefix, multiplier)]` from a dict, a list of pairs, or strings "prefix=multiplier"."""
+    if not group_rates:
+        return []
+    if isinstance(group_rates, dict):
+        group_rates = list(group_rates.items())
+    parsed = []
+    for item in group_rates:
+        if isinstance(item, str):
+            if "=" not in item:
+                raise ValueError(f"group rate {item!r} must look like 'prefix=multiplier'")
+            prefix, value = item.rsplit("=", 1)
+            item = (prefix, float(value))
+        prefix, value = item
+        if float(value) < 0:
+            raise ValueError(f"group rate multiplier for {prefix!r} must be >= 0, got {value}")
+        parsed.append((str(prefix), float(value)))
+    return parsed
+
+
+class _GroupRates:
+    """Mixin: learning rate scaled per variable by the first matching path prefix."""
+
+    def _setup_groups(self, group_rates, beta_1_schedule=None):
+        self.group_rates = parse_group_rates(group_rates)
+        self.beta_1_schedule = beta_1_schedule
+
+    def rate_multiplier(self, variable):
+        # Keras variables have a `path`; the TensorFlow optimizer passes the underlying tf.Variable,
+        # whose name is that path plus ":0".
+        path = getattr(variable, "path", None) or variable.name.split(":")[0]
+        for prefix, value in self.group_rates:
+            if path.startswith(prefix):
+                return value
+        return 1.0
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self.rate_multiplier(variable)
+        if multiplier == 0.0:
+            return None  # this group is not trained (its variables keep their values)
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
+        if self.beta_1_schedule is None:
+            return super().update_step(gradient, variable, learning_rate)
+        # Momentum cycling: the parent's update reads self.beta_1; give it this step's value.
+        constant = self.beta_1
+        self.beta_1 = ops.cast(self.beta_1_schedule(self.iterations), variable.dtype)
+        try:
+            return super().update_step(gradient, variable, learning_rate)
+        finally:
+            self.beta_1 = constant
+
+    def _group_config(self, config):
+        config["group_rates"] = [[p, v] for p, v in self.group_rates]
+        if self.beta_1_schedule is not None:
+            config["beta_1_schedule"] = keras.saving.serialize_keras_object(self.beta_1_schedule)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("beta_1_schedule"), dict):
+            config["beta_1_schedule"] = keras.saving.deserialize_keras_object(config["beta_1_schedule"])
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class Adam(_GroupRates, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with `group_rates` and an optional `beta_1_schedule`."""
+
+    def __init__(self, learning_rate=0.001, group_rates=None, beta_1_schedule=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self._setup_groups(group_rates, beta_1_schedule)
+
+    def get_config(self):
+        return self._group_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class AdamW(_GroupRates, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with `group_rates` and an optional `beta_1_schedule`."""
+
+    def __init__(self, learning_rate=0.001, group_rates=None, beta_1_schedule=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self._setup_groups(group_rates, beta_1_schedule)
+
+    def get_config(self):
+        return self._group_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class SGD(_GroupRates, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with `group_rates`."""
+
+    def __init__(self, learning_rate=0.01, group_rates=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self._setup_groups(group_rates)
+
+    def get_config(self):
+        return self._group_config(super().get_config())
