@@ -170,3 +170,105 @@ class SegmentationLoss(keras.losses.Loss):
             "ce_weight": self.ce_weight,
             "dice_weight": self.dice_weight,
         }
+
+
+def gram_matrix(features):
+    """Per-image Gram matrices `(N, C, C)` of features `(N, H, W, C)`, normalised by `C * H * W`.
+
+    Batched: each image's channels are correlated with that image's own channels. (The lesson points
+    out that a plain `x @ x.T` over a flattened batch compares every image with every other.)
+    """
+    features = ops.cast(features, "float32")
+    shape = ops.shape(features)
+    size = ops.cast(shape[1] * shape[2] * shape[3], "float32")
+    return ops.einsum("nhwc,nhwd->ncd", features, features) / size
+
+
+JOHNSON_STYLE_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class StyleTransferLoss(keras.losses.Loss):
+    """Perceptual loss of fast style transfer (Johnson et al. 2016), per image in the batch.
+
+    `content_weight * MSE(VGG16 content features of prediction and content image)
+    + style_weight * sum_l layer_weight_l * ||G_l(prediction) - G_l(style)||^2 (mean over entries)
+    + tv_weight * total variation`, with `G` the batched Gram matrix normalised by `C*H*W` and the
+    style image's Gram matrices computed once, at construction. `y_true` is the content image,
+    `y_pred` the stylised output, both RGB in [0, 1]. `parts()` returns each term, for display.
+
+    Args:
+        style_image: `(H, W, 3)` RGB array in [0, 1] (or uint8), or an image file path.
+        weights: VGG16 weights: "imagenet" (default), `None` (random, for tests) or a file path.
+        content_layer, style_layers, style_layer_weights: VGG16 layers (Johnson's relu2_2 and
+            relu1_2 / relu2_2 / relu3_3 / relu4_3 by default) and per-style-layer weights.
+        content_weight, style_weight, tv_weight: weights of the three terms. The default ratio
+            (1.5) is pytorch/examples' fast_neural_style balance (1e5 : 1e10) carried over to VGG
+            features on the caffe 0-255 scale (Gram terms grow as scale^4, content as scale^2).
+    """
+
+    def __init__(self, style_image, weights="imagenet", content_layer="block2_conv2",
+                 style_layers=JOHNSON_STYLE_LAYERS, style_layer_weights=None, content_weight=1.0,
+                 style_weight=1.5, tv_weight=0.0, name="style_transfer_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.style_image_path = style_image if isinstance(style_image, str) else None
+        style = self._load_style(style_image)
+        self.weights = weights
+        self.content_layer = content_layer
+        self.style_layers = tuple(style_layers)
+        self.style_layer_weights = tuple(float(w) for w in (style_layer_weights or [1.0] * len(self.style_layers)))
+        if len(self.style_layer_weights) != len(self.style_layers):
+            raise ValueError("StyleTransferLoss: give one style_layer_weight per style layer")
+        self.content_weight, self.style_weight, self.tv_weight = float(content_weight), float(style_weight), float(tv_weight)
+        layers = list(dict.fromkeys(self.style_layers + (self.content_layer,)))
+        self._layer_index = {name: i for i, name in enumerate(layers)}
+        self.extractor = vgg16_feature_extractor(layers, weights=weights)
+        features = self._features(style[None])
+        self.style_grams = [ops.convert_to_tensor(ops.convert_to_numpy(gram_matrix(features[self._layer_index[n]]))[0])
+                            for n in self.style_layers]
+        self._style_array = None if self.style_image_path else style
+
+    @staticmethod
+    def _load_style(style_image):
+        import numpy as np
+
+        if isinstance(style_image, str):
+            from kx_vision.data.images import load_image
+
+            style_image = load_image(style_image)
+        array = np.asarray(style_image)
+        if array.ndim != 3 or array.shape[-1] != 3:
+            raise ValueError(f"style image must be (H, W, 3), got shape {array.shape}")
+        return array.astype("float32") / 255.0 if array.dtype == np.uint8 else array.astype("float32")
+
+    def _features(self, images):
+        features = self.extractor(to_caffe(images), training=False)
+        return features if isinstance(features, (list, tuple)) else [features]
+
+    def parts(self, y_true, y_pred):
+        """`{"content", "style", "tv"}`: each weighted term per image, shape `(N,)`."""
+        y_pred = ops.cast(y_pred, "float32")
+        pred = self._features(y_pred)
+        target = self._features(ops.cast(y_true, "float32"))
+        c = self._layer_index[self.content_layer]
+        content = ops.mean(ops.square(pred[c] - ops.stop_gradient(target[c])), axis=(1, 2, 3))
+        style = 0.0
+        for name, weight, gram in zip(self.style_layers, self.style_layer_weights, self.style_grams):
+            diff = gram_matrix(pred[self._layer_index[name]]) - gram[None]
+            style = style + weight * ops.mean(ops.square(diff), axis=(1, 2))
+        dy = y_pred[:, 1:, :, :] - y_pred[:, :-1, :, :]
+        dx = y_pred[:, :, 1:, :] - y_pred[:, :, :-1, :]
+        tv = ops.mean(ops.abs(dy), axis=(1, 2, 3)) + ops.mean(ops.abs(dx), axis=(1, 2, 3))
+        return {"content": self.content_weight * content, "style": self.style_weight * style,
+                "tv": self.tv_weight * tv}
+
+    def call(self, y_true, y_pred):
+        parts = self.parts(y_true, y_pred)
+        return parts["content"] + parts["style"] + parts["tv"]
+
+    def get_config(self):
+        style = self.style_image_path if self.style_image_path else self._style_array.tolist()
+        return {**super().get_config(), "style_image": style, "weights": self.weights,
+                "content_layer": self.content_layer, "style_layers": list(self.style_layers),
+                "style_layer_weights": list(self.style_layer_weights), "content_weight": self.content_weight,
+                "style_weight": self.style_weight, "tv_weight": self.tv_weight}

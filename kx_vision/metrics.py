@@ -223,3 +223,26 @@ def segmentation_metrics(num_classes, ignore_class=None):
     else:
         found.append(keras.metrics.MeanIoU(num_classes, ignore_class=ignore_class, sparse_y_pred=False, name="miou"))
     return found
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class StyleLossPart(keras.metrics.Mean):
+    """One term ("content", "style" or "tv") of a `StyleTransferLoss`, averaged like a metric, so
+    each part of the loss is visible during training (the lesson's `sum_layers=False`).
+
+    Pass the training loss itself as `loss` so its VGG16 is shared.
+    """
+
+    def __init__(self, loss, part, name=None, dtype=None, **kwargs):
+        if part not in ("content", "style", "tv"):
+            raise ValueError(f"StyleLossPart: part must be content, style or tv, got {part!r}")
+        if isinstance(loss, dict):
+            loss = keras.losses.deserialize(loss)
+        super().__init__(name=name or f"{part}_loss", dtype=dtype or "float32", **kwargs)
+        self.loss, self.part = loss, part
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self.loss.parts(y_true, y_pred)[self.part], sample_weight=sample_weight)
+
+    def get_config(self):
+        return {"loss": keras.losses.serialize(self.loss), "part": self.part, "name": self.name, "dtype": self.dtype}

@@ -2,6 +2,7 @@
 
 `python -m kx_vision.predict superres --model PATH --input FILE_OR_DIR --output DIR [--tile T --overlap O]`
 `python -m kx_vision.predict segmentation --model PATH --input FILE_OR_DIR --output DIR`
+`python -m kx_vision.predict style --model PATH --input FILE_OR_DIR --output DIR`
 
 Super-resolution:
 Large images are processed in overlapping tiles that are blended (`kx_vision.inference.predict_tiled`),
@@ -139,6 +140,35 @@ def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5):
     return written
 
 
+def run_style(model_path, inputs, output, allow_large=False):
+    """Writes `<stem>_styled.png` for each input image, at the input's size."""
+    from kx_vision.inference import as_predict_fn
+    from kx_vision.models import StyleTransferNet
+    from kx_vision.models.loading import load_model
+
+    model = load_model(model_path)
+    minimum = StyleTransferNet.min_size(getattr(model, "num_blocks", 5))
+    predict = as_predict_fn(model)
+    files = _inputs(inputs)
+    os.makedirs(output, exist_ok=True)
+    sources = {os.path.realpath(f) for f in files}
+    written = []
+    for path in files:
+        target = os.path.join(output, f"{os.path.splitext(os.path.basename(path))[0]}_styled.png")
+        if os.path.realpath(target) in sources:
+            raise DataError(f"output {target} would overwrite an input file; choose another --output")
+        image, notes = _read(path, allow_large)
+        if min(image.shape[:2]) < minimum:
+            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}; the style network needs at least "
+                            f"{minimum} pixels a side")
+        styled = np.asarray(predict(image[None].astype(np.float32) / 255.0))[0]
+        _save_atomic(Image.fromarray(np.round(np.clip(styled, 0, 1) * 255).astype(np.uint8)), target)
+        note = f" ({'; '.join(notes)})" if notes else ""
+        print(f"{path} -> {target}{note}")
+        written.append(target)
+    return written
+
+
 def _save_atomic(image, path):
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
@@ -168,6 +198,12 @@ def _parser():
     q.add_argument("--output", required=True, help="output folder")
     q.add_argument("--allow-large-images", action="store_true",
                    help="accept images beyond Pillow's decompression-bomb limit")
+    r = sub.add_parser("style", help="stylise images with a trained style network")
+    r.add_argument("--model", required=True, help="a .keras style network")
+    r.add_argument("--input", required=True, help="an image file or a folder of images")
+    r.add_argument("--output", required=True, help="output folder")
+    r.add_argument("--allow-large-images", action="store_true",
+                   help="accept images beyond Pillow's decompression-bomb limit")
     return parser
 
 
@@ -176,6 +212,9 @@ def main(argv=None):
     try:
         if args.task == "segmentation":
             run_segmentation(args.model, args.input, args.output, args.allow_large_images)
+            return 0
+        if args.task == "style":
+            run_style(args.model, args.input, args.output, args.allow_large_images)
             return 0
         if args.tile and not 0 <= args.overlap < args.tile:
             raise KxVisionError(f"--overlap must be in [0, --tile), got {args.overlap} with --tile {args.tile}")

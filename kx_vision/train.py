@@ -19,6 +19,7 @@ from kx_vision.errors import ConfigError, KxVisionError
 TASKS = {
     "superres": "kx_vision.tasks.superres",
     "segmentation": "kx_vision.tasks.segmentation",
+    "style": "kx_vision.tasks.style",
 }
 
 

@@ -25,8 +25,13 @@ def test_keras_ops_only(part):
 def test_public_objects_are_registered():
     from kx_vision import layers, losses, metrics, models
 
-    for obj in [layers.PixelShuffle, layers.ResidualBlock, layers.ICNR, models.EDSR,
-                losses.PerceptualLoss, metrics.PSNR, metrics.SSIM]:
+    from kx_vision import optimizers
+
+    for obj in [layers.PixelShuffle, layers.ResidualBlock, layers.ICNR, layers.PadToMultiple, layers.CropLike,
+                layers.ImagePreprocessing, layers.ReflectionPadding2D, models.EDSR, models.UNet,
+                models.UpsampleHeadNet, models.StyleTransferNet, losses.PerceptualLoss, losses.SegmentationLoss,
+                losses.StyleTransferLoss, metrics.PSNR, metrics.SSIM, metrics.PixelAccuracy, metrics.Dice,
+                metrics.StyleLossPart, optimizers.OneCycle, optimizers.Adam, optimizers.AdamW, optimizers.SGD]:
         name = keras.saving.get_registered_name(obj)
         assert name == f"kx_vision>{obj.__name__}"
         assert keras.saving.get_registered_object(name) is obj

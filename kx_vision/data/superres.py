@@ -66,7 +66,7 @@ def train_dataset(images, scale, patch_size, batch_size, seed=0, augment=True):
 
     def to_pair(patches):
         hr = tf.cast(patches, tf.float32) / 255.0
-        return degrade_tf(hr, scale), hr
+        return (hr if scale == 1 else degrade_tf(hr, scale)), hr
 
     return (
         tf.data.Dataset.random(seed=seed)
@@ -104,3 +104,21 @@ def load_folders(folders, min_size=None, what="image"):
     """Decode every image in `folders` (see `kx_vision.data.images`)."""
     images, _ = load_images(list_images(folders), min_size=min_size, what=what)
     return images
+
+
+def content_dataset(images, crop_size, batch_size, seed=0):
+    """Endless `(content, content)` batches for style transfer: random `crop_size` squares of the
+    content images (each resized so its short side is at least `crop_size`), randomly flipped.
+    The target is the content image itself; the style lives in the loss."""
+    from PIL import Image
+
+    prepared = []
+    for image in images:
+        short = min(image.shape[:2])
+        if short < crop_size:
+            scale = crop_size / short
+            size = (max(crop_size, round(image.shape[1] * scale)), max(crop_size, round(image.shape[0] * scale)))
+            image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+        prepared.append(image)
+    dataset = train_dataset(prepared, scale=1, patch_size=crop_size, batch_size=batch_size, seed=seed)
+    return dataset.map(lambda lr, hr: (hr, hr))

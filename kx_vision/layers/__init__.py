@@ -2,6 +2,7 @@
 
 from kx_vision.layers.pixel_shuffle import ICNR, PixelShuffle, apply_pixel_shuffle_upsample
 from kx_vision.layers.preprocessing import ImagePreprocessing
+from kx_vision.layers.reflection import ReflectionPadding2D
 from kx_vision.layers.residual import ResidualBlock
 from kx_vision.layers.spatial import CropLike, PadToMultiple
 
@@ -11,6 +12,7 @@ __all__ = [
     "ImagePreprocessing",
     "PadToMultiple",
     "PixelShuffle",
+    "ReflectionPadding2D",
     "ResidualBlock",
     "apply_pixel_shuffle_upsample",
 ]

@@ -1,0 +1,131 @@
+"""Fast neural style transfer task (Johnson et al. 2016): config, network, perceptual style loss, data."""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from kx_vision.config import option
+from kx_vision.errors import ConfigError
+from kx_vision.tasks.common import OptimizerConfig
+
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    num_filters: int = option(32, "channels of the first conv (Johnson: 32)")
+    num_blocks: int = option(5, "residual blocks (Johnson: 5)")
+    norm: str = option("batch", "normalisation", choices=("batch", "instance"))
+    upsampling: str = option("nearest", "upsampling", choices=("nearest", "pixel_shuffle"))
+
+
+@dataclasses.dataclass
+class DataConfig:
+    content: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "content image folder(s)")
+    val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation content image folder(s)")
+    crop_size: int = option(128, "side of the random content crops (Johnson: 256)")
+    batch_size: int = option(4, "crops per batch")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    vgg_weights: str | None = option("imagenet", "VGG16 weights: imagenet, null (random: tests only) or a file path")
+    content_weight: float = option(1.0, "weight of the content term (VGG16 block2_conv2)")
+    style_weight: float = option(1.5, "weight of the Gram style term (block1_conv2 ... block4_conv3)")
+    tv_weight: float = option(0.0, "weight of the total-variation term")
+    style_size: int = option(256, "the style image is resized so its short side is this")
+
+
+@dataclasses.dataclass
+class StyleConfig:
+    style_image: str | None = option(None, "the style image (required), e.g. ../shared/data/style/starry_night.jpg")
+    epochs: int = option(4, "training epochs")
+    steps_per_epoch: int = option(100, "steps per epoch")
+    seed: int = option(0, "seed")
+    jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto')")
+    init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name")
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+
+
+Config = StyleConfig
+MONITOR = ("val_loss", "min")
+
+
+def check_config(config):
+    from kx_vision.models import StyleTransferNet
+
+    if not config.style_image:
+        raise ConfigError("config key 'style_image' is required: --set style_image=PATH (paintings to try: ../shared/data/style)")
+    if not os.path.isfile(config.style_image):
+        raise ConfigError(f"style image not found: {config.style_image}")
+    if config.data.crop_size < StyleTransferNet.min_size(config.model.num_blocks):
+        raise ConfigError(f"config key 'data.crop_size' must be at least {StyleTransferNet.min_size(config.model.num_blocks)}")
+
+
+def build_model(config):
+    from kx_vision.models import StyleTransferNet
+
+    return StyleTransferNet(config.model.num_filters, config.model.num_blocks, config.model.norm, config.model.upsampling)
+
+
+_LOSSES = {}
+
+
+def build_loss(config):
+    """One loss per config (its VGG16 and style Gram matrices are built once)."""
+    from PIL import Image
+
+    from kx_vision.data.images import load_image
+    from kx_vision.losses import StyleTransferLoss
+
+    key = id(config)
+    if key not in _LOSSES:
+        style = load_image(config.style_image)
+        short = min(style.shape[:2])
+        if short != config.loss.style_size:
+            scale = config.loss.style_size / short
+            style = np.asarray(Image.fromarray(style).resize(
+                (round(style.shape[1] * scale), round(style.shape[0] * scale)), Image.BICUBIC))
+        _LOSSES[key] = StyleTransferLoss(style, weights=config.loss.vgg_weights,
+                                         content_weight=config.loss.content_weight,
+                                         style_weight=config.loss.style_weight, tv_weight=config.loss.tv_weight)
+    return _LOSSES[key]
+
+
+def build_metrics(config):
+    from kx_vision.metrics import StyleLossPart
+
+    loss = build_loss(config)
+    return [StyleLossPart(loss, "content"), StyleLossPart(loss, "style")] + (
+        [StyleLossPart(loss, "tv")] if config.loss.tv_weight else [])
+
+
+def freeze_plan(model, config, transferred):
+    return [], 0
+
+
+def build_data(config):
+    from kx_vision.data import superres as sr_data
+
+    size = config.data.crop_size
+    content = sr_data.load_folders(config.data.content, what="content image")
+    val_images = sr_data.load_folders(config.data.val, what="validation content image")
+    train = sr_data.content_dataset(content, size, config.data.batch_size, seed=config.seed)
+    val = sr_data.content_dataset(val_images, size, config.data.batch_size, seed=config.seed + 1).take(2)
+    return {"train": train, "val": val, "steps_per_epoch": config.steps_per_epoch, "endless": True}
+
+
+def report(model, data, config):
+    loss = build_loss(config)
+    totals = {"content": [], "style": [], "tv": []}
+    for x, _ in data["val"]:
+        parts = loss.parts(x, model.predict_on_batch(np.asarray(x)))
+        for key, value in parts.items():
+            totals[key].append(float(np.mean(np.asarray(value))))
+    summary = {k: float(np.mean(v)) for k, v in totals.items()}
+    return (f"validation loss parts: content {summary['content']:.4g}, style {summary['style']:.4g}, "
+            f"tv {summary['tv']:.4g}"), summary
