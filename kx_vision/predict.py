@@ -72,34 +72,48 @@ def _read(path, allow_large):
             Image.MAX_IMAGE_PIXELS = limit
 
 
-def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, self_ensemble=False,
-        scale=None):
-    from kx_vision import inference
-    from kx_vision.evaluate import resolve_model
-
-    predict, scale = resolve_model(model_path, scale)
-    if self_ensemble:
-        predict = inference.self_ensemble(predict)
+def _process(inputs, output, allow_large, suffixes, render):
+    """For each input image: check that none of its outputs `<stem>_<suffix>.png` would overwrite an
+    input file, decode it, `render(path, rgb_uint8)` -> one PIL image per suffix, and write each
+    atomically. Returns the paths written."""
     files = _inputs(inputs)
     os.makedirs(output, exist_ok=True)
     sources = {os.path.realpath(f) for f in files}
     written = []
     for path in files:
         stem = os.path.splitext(os.path.basename(path))[0]
-        target = os.path.join(output, f"{stem}_x{scale}.png")
-        if os.path.realpath(target) in sources:
-            raise DataError(f"output {target} would overwrite an input file; choose another --output")
+        targets = [os.path.join(output, f"{stem}_{suffix}.png") for suffix in suffixes]
+        clash = next((t for t in targets if os.path.realpath(t) in sources), None)
+        if clash:
+            raise DataError(f"output {clash} would overwrite an input file; choose another --output")
         image, notes = _read(path, allow_large)
         start = time.perf_counter()
+        for rendered, target in zip(render(path, image), targets):
+            _save_atomic(rendered, target)
+        note = f" ({'; '.join(notes)})" if notes else ""
+        print(f"{path} {image.shape[1]}x{image.shape[0]} -> {', '.join(targets)} "
+              f"in {time.perf_counter() - start:.1f} s{note}")
+        written.extend(targets)
+    return written
+
+
+def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, self_ensemble=False,
+        scale=None):
+    """Writes `<stem>_x<scale>.png`, super-resolved tile by tile (`tile=0`: in one piece)."""
+    from kx_vision import inference
+    from kx_vision.evaluate import resolve_model
+
+    predict, scale = resolve_model(model_path, scale)
+    if self_ensemble:
+        predict = inference.self_ensemble(predict)
+
+    def render(path, image):
         lr = image.astype(np.float32) / 255.0
         sr = inference.predict_tiled(predict, lr, scale, tile=tile, overlap=overlap) if tile else \
             inference.predict_whole(predict, lr)
-        _save_atomic(Image.fromarray(sr), target)
-        note = f" ({'; '.join(notes)})" if notes else ""
-        print(f"{path} {image.shape[1]}x{image.shape[0]} -> {target} {sr.shape[1]}x{sr.shape[0]} "
-              f"in {time.perf_counter() - start:.1f} s{note}")
-        written.append(target)
-    return written
+        return [Image.fromarray(sr)]
+
+    return _process(inputs, output, allow_large, [f"x{scale}"], render)
 
 
 # Colours of the class ids in masks and overlays (CamVid's first, then a spread of hues).
@@ -115,29 +129,18 @@ def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5):
     from kx_vision.inference import as_predict_fn
     from kx_vision.models.loading import load_model
 
-    model = load_model(model_path)
-    predict = as_predict_fn(model)
-    files = _inputs(inputs)
-    os.makedirs(output, exist_ok=True)
-    sources = {os.path.realpath(f) for f in files}
-    written = []
-    for path in files:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        targets = [os.path.join(output, f"{stem}_{kind}.png") for kind in ("mask", "overlay")]
-        if any(os.path.realpath(t) in sources for t in targets):
-            raise DataError(f"an output for {path} would overwrite an input file; choose another --output")
-        image, notes = _read(path, allow_large)
+    predict = as_predict_fn(load_model(model_path))
+
+    def render(path, image):
         probs = np.asarray(predict(image[None].astype(np.float32) / 255.0))[0]
-        labels = (probs[..., 0] >= 0.5).astype(np.uint8) if probs.shape[-1] == 1 else probs.argmax(-1).astype(np.uint8)
+        labels = (probs[..., 0] >= 0.5) if probs.shape[-1] == 1 else probs.argmax(-1)
+        labels = labels.astype(np.uint8)
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(PALETTE.reshape(-1).tolist())
         overlay = (image * (1 - alpha) + PALETTE[labels] * alpha).round().astype(np.uint8)
-        _save_atomic(mask, targets[0])
-        _save_atomic(Image.fromarray(overlay), targets[1])
-        note = f" ({'; '.join(notes)})" if notes else ""
-        print(f"{path} -> {targets[0]}, {targets[1]}{note}")
-        written.extend(targets)
-    return written
+        return [mask, Image.fromarray(overlay)]
+
+    return _process(inputs, output, allow_large, ["mask", "overlay"], render)
 
 
 def run_style(model_path, inputs, output, allow_large=False):
@@ -149,24 +152,15 @@ def run_style(model_path, inputs, output, allow_large=False):
     model = load_model(model_path)
     minimum = StyleTransferNet.min_size(getattr(model, "num_blocks", 5))
     predict = as_predict_fn(model)
-    files = _inputs(inputs)
-    os.makedirs(output, exist_ok=True)
-    sources = {os.path.realpath(f) for f in files}
-    written = []
-    for path in files:
-        target = os.path.join(output, f"{os.path.splitext(os.path.basename(path))[0]}_styled.png")
-        if os.path.realpath(target) in sources:
-            raise DataError(f"output {target} would overwrite an input file; choose another --output")
-        image, notes = _read(path, allow_large)
+
+    def render(path, image):
         if min(image.shape[:2]) < minimum:
             raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}; the style network needs at least "
                             f"{minimum} pixels a side")
         styled = np.asarray(predict(image[None].astype(np.float32) / 255.0))[0]
-        _save_atomic(Image.fromarray(np.round(np.clip(styled, 0, 1) * 255).astype(np.uint8)), target)
-        note = f" ({'; '.join(notes)})" if notes else ""
-        print(f"{path} -> {target}{note}")
-        written.append(target)
-    return written
+        return [Image.fromarray(np.round(np.clip(styled, 0, 1) * 255).astype(np.uint8))]
+
+    return _process(inputs, output, allow_large, ["styled"], render)
 
 
 def _save_atomic(image, path):
@@ -179,31 +173,27 @@ def _save_atomic(image, path):
             os.remove(tmp)
 
 
+def _add_io_arguments(parser, model_help):
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--allow-large-images", action="store_true",
+                        help="accept images beyond Pillow's decompression-bomb limit")
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m kx_vision.predict", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     p = sub.add_parser("superres", help="super-resolve image files")
-    p.add_argument("--model", required=True, help="a .keras super-resolution model, or 'bicubic'")
+    _add_io_arguments(p, "a .keras super-resolution model, or 'bicubic'")
     p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's)")
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--tile", type=int, default=256, help="tile side in input pixels (0: no tiling)")
     p.add_argument("--overlap", type=int, default=64, help="overlap between tiles in input pixels")
     p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (8x slower)")
-    p.add_argument("--allow-large-images", action="store_true",
-                   help="accept images beyond Pillow's decompression-bomb limit")
-    q = sub.add_parser("segmentation", help="class-id masks and colour overlays")
-    q.add_argument("--model", required=True, help="a .keras segmentation model")
-    q.add_argument("--input", required=True, help="an image file or a folder of images")
-    q.add_argument("--output", required=True, help="output folder")
-    q.add_argument("--allow-large-images", action="store_true",
-                   help="accept images beyond Pillow's decompression-bomb limit")
-    r = sub.add_parser("style", help="stylise images with a trained style network")
-    r.add_argument("--model", required=True, help="a .keras style network")
-    r.add_argument("--input", required=True, help="an image file or a folder of images")
-    r.add_argument("--output", required=True, help="output folder")
-    r.add_argument("--allow-large-images", action="store_true",
-                   help="accept images beyond Pillow's decompression-bomb limit")
+    _add_io_arguments(sub.add_parser("segmentation", help="class-id masks and colour overlays"),
+                      "a .keras segmentation model")
+    _add_io_arguments(sub.add_parser("style", help="stylise images with a trained style network"),
+                      "a .keras style network")
     return parser
 
 
