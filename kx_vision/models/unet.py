@@ -27,8 +27,27 @@ def output_activation(num_classes):
     return "sigmoid" if num_classes == 1 else "softmax"
 
 
+class BackboneModel:
+    """Mixin of the segmentation models built around an encoder layer named "backbone"."""
+
+    @property
+    def backbone(self):
+        return self.get_layer("backbone")
+
+    def set_backbone_trainable(self, trainable):
+        """Freeze (False) or unfreeze (True) the encoder. Frozen BatchNorm layers run in inference
+        mode in Keras 3, so their statistics stay frozen too (the lesson's `bn_freeze`). Recompile
+        after changing it."""
+        self.backbone.trainable = bool(trainable)
+
+    @classmethod
+    def from_config(cls, config):
+        # Weights come from the saved file: never download them while deserializing.
+        return cls(**{**config, "backbone_weights": None})
+
+
 @keras.saving.register_keras_serializable(package="kx_vision")
-class UNet(keras.Model):
+class UNet(BackboneModel, keras.Model):
     """A U-Net whose encoder is a pretrained classification backbone.
 
     The skip connections are found automatically (`kx_vision.backbones.find_skip_layers`: the last
@@ -122,16 +141,6 @@ class UNet(keras.Model):
         self.skip_layers = [name for name, _, _ in taps]
         self.decoder_filters = decoder_filters
 
-    @property
-    def backbone(self):
-        return self.get_layer("backbone")
-
-    def set_backbone_trainable(self, trainable):
-        """Freeze (False) or unfreeze (True) the encoder. Frozen BatchNorm layers run in inference
-        mode in Keras 3, so their statistics stay frozen too (the lesson's `bn_freeze`). Recompile
-        after changing it."""
-        self.backbone.trainable = bool(trainable)
-
     def get_config(self):
         return {
             "name": self.name,
@@ -143,8 +152,3 @@ class UNet(keras.Model):
             "last_cross": self.last_cross,
             "pad_to": self.pad_to,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        # Weights come from the saved file: never download them while deserializing.
-        return cls(**{**config, "backbone_weights": None})

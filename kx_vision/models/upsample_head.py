@@ -4,11 +4,11 @@ import keras
 
 from kx_vision.backbones import resolve_backbone
 from kx_vision.layers import CropLike, ImagePreprocessing, PadToMultiple
-from kx_vision.models.unet import output_activation
+from kx_vision.models.unet import BackboneModel, output_activation
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
-class UpsampleHeadNet(keras.Model):
+class UpsampleHeadNet(BackboneModel, keras.Model):
     """Backbone (ResNet50 by default) + `num_stages` x2 transposed convolutions with batch norm and
     ReLU + a last x2 transposed conv to the classes (the lesson's `std_upsample_head`): no skip
     connections, hence the blurry masks the U-Net then fixes.
@@ -53,13 +53,6 @@ class UpsampleHeadNet(keras.Model):
         self.num_stages = int(num_stages)
         self.pad_to = int(pad_to)
 
-    @property
-    def backbone(self):
-        return self.get_layer("backbone")
-
-    def set_backbone_trainable(self, trainable):
-        self.backbone.trainable = bool(trainable)
-
     def get_config(self):
         return {
             "name": self.name,
@@ -70,7 +63,3 @@ class UpsampleHeadNet(keras.Model):
             "num_stages": self.num_stages,
             "pad_to": self.pad_to,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**{**config, "backbone_weights": None})
