@@ -30,7 +30,6 @@ def export_model(model, out_dir, force=False, format="tf_saved_model", uint8_end
 
     if format not in FORMATS:
         raise KxVisionError(f"unknown export format {format!r}; formats: {', '.join(FORMATS)}")
-    _check_exportable(model)
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not force:
         raise KxVisionError(f"{out_dir} exists; pass --force (force=True) to replace it")
@@ -43,14 +42,18 @@ def export_model(model, out_dir, force=False, format="tf_saved_model", uint8_end
         archive.track(model)
         channels = model.input.shape[-1]
         float_spec = tf.TensorSpec((None, None, None, channels), tf.float32, name="images")
-        archive.add_endpoint("serve", model.__call__, input_signature=[float_spec])
+        # Serving needs no gradients (jax2tf cannot differentiate "same" convolutions of symbolic sizes),
+        # and a JAX export runs only on the platforms it was lowered for: CPU and CUDA serving.
+        backend_kwargs = ({"jax2tf_kwargs": {"with_gradient": False, "native_serialization_platforms": ("cpu", "cuda")}}
+                          if keras.backend.backend() == "jax" else {})
+        archive.add_endpoint("serve", model.__call__, input_signature=[float_spec], **backend_kwargs)
         if uint8_endpoint:
             uint8_spec = tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")
 
             def serve_uint8(images):
                 return model(keras.ops.cast(images, "float32") / 255.0)
 
-            archive.add_endpoint("serve_uint8", serve_uint8, input_signature=[uint8_spec])
+            archive.add_endpoint("serve_uint8", serve_uint8, input_signature=[uint8_spec], **backend_kwargs)
         archive.write_out(tmp, verbose=False)
         if os.path.exists(out_dir):
             old = f"{tmp}.old"
@@ -62,23 +65,6 @@ def export_model(model, out_dir, force=False, format="tf_saved_model", uint8_end
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _check_exportable(model):
-    """On JAX, jax2tf cannot lower reflection padding of a size-polymorphic input: say so up front."""
-    import keras
-
-    from kx_vision.layers import PadToMultiple, ReflectionPadding2D
-
-    if keras.backend.backend() != "jax":
-        return
-    reflecting = [layer.name for layer in model._flatten_layers()
-                  if isinstance(layer, ReflectionPadding2D)
-                  or (isinstance(layer, PadToMultiple) and layer.mode != "constant")]
-    if reflecting:
-        raise KxVisionError(
-            f"this model reflect-pads its input ({', '.join(reflecting[:3])}), which jax2tf cannot export for "
-            "images of any size; export it with KERAS_BACKEND=tensorflow (the .keras file loads on either backend)")
 
 
 def main(argv=None):

@@ -1,9 +1,15 @@
 import os
 from pathlib import Path
 
-import keras
-import numpy as np
-import pytest
+# JAX on CPU compiles every eager op (each weight initializer, per shape) with LLVM at -O2, which takes
+# 1-2 s per op here and dominated the test run; the tests' tiny models run as fast unoptimised. Set
+# before JAX starts its CPU backend; subprocesses (parity, distribution) inherit it.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 if keras.backend.backend() == "tensorflow":
     # Two logical CPU devices, so tf.distribute strategies really split batches in tests.

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -21,16 +23,8 @@ JAX = keras.backend.backend() == "jax"
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_saved_model_matches_keras_at_two_sizes(name, tmp_path, rng):
-    from kx_vision.errors import KxVisionError
-
     build, sizes = MODELS[name]
     model = build()
-    if JAX and name != "edsr":
-        # Known limitation: reflection padding of any-size inputs does not lower through jax2tf.
-        with pytest.raises(KxVisionError, match="export it with KERAS_BACKEND=tensorflow"):
-            export_model(model, tmp_path / name)
-        assert not (tmp_path / name).exists()
-        return
     path = export_model(model, tmp_path / name)
     loaded = tf.saved_model.load(path)
     # TFSMLayer exists on the TensorFlow backend only.
@@ -61,3 +55,22 @@ def test_cli_refuses_overwrite_and_lambda(tmp_path, capsys):
     assert main([str(tmp_path / "lambda.keras"), str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "refusing to load it with safe_mode on" in err and not (tmp_path / "x").exists()
+
+
+def test_readme_serving_snippet_runs(tmp_path, monkeypatch, rng):
+    from PIL import Image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Export and serve"):]
+    snippet = section[section.index("```python") + len("```python"):]
+    snippet = snippet[:snippet.index("```")]
+    model = EDSR(scale=2, num_blocks=1, num_filters=8)
+    export_model(model, tmp_path / "exported" / "edsr_x2")
+    photo = (rng.random((9, 11, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    upscaled = np.asarray(Image.open(tmp_path / "photo_x2.png"))
+    want = ops.convert_to_numpy(model(photo[None].astype("float32") / 255))[0]
+    assert upscaled.shape == (18, 22, 3)
+    assert np.abs(upscaled.astype(float) - np.clip(want, 0, 1) * 255).max() <= 0.51

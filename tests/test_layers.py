@@ -87,3 +87,12 @@ def test_icnr_serializes():
     restored = keras.initializers.deserialize(keras.initializers.serialize(init))
     assert isinstance(restored, ICNR) and restored.scale == 3
     assert restored.get_config() == init.get_config()
+
+
+@pytest.mark.parametrize("size,before,after", [(5, 2, 3), (7, 0, 6), (4, 3, 0), (9, 8, 8)])
+def test_reflected_indices_match_numpy(size, before, after):
+    # The gather path used when sizes are symbolic (jax2tf export for any image size).
+    from kx_vision.layers.reflection import _reflected_indices
+
+    got = ops.convert_to_numpy(_reflected_indices(size, before, size + before + after))
+    np.testing.assert_array_equal(got, np.pad(np.arange(size), (before, after), mode="reflect"))

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from kx_vision.layers.reflection import reflect_pad
+
 
 @keras.saving.register_keras_serializable(package="kx_vision")
 class PadToMultiple(keras.layers.Layer):
@@ -14,17 +16,21 @@ class PadToMultiple(keras.layers.Layer):
 
     def __init__(self, multiple=32, mode="reflect", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("reflect", "constant", "symmetric"):
+        if mode not in ("reflect", "constant"):
             raise ValueError(f"PadToMultiple: unknown mode {mode!r}")
         self.multiple = int(multiple)
         self.mode = mode
 
     def call(self, inputs):
         height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
-        pad_h = (self.multiple - height % self.multiple) % self.multiple
-        pad_w = (self.multiple - width % self.multiple) % self.multiple
+        # Written as "round up, then subtract" so JAX's symbolic shapes (jax2tf export) see the padded size
+        # as `multiple * k` and can match it against the decoder's upsampled sizes.
+        pad_h = self.multiple * ((height + self.multiple - 1) // self.multiple) - height
+        pad_w = self.multiple * ((width + self.multiple - 1) // self.multiple) - width
         if isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == pad_w == 0:
             return inputs
+        if self.mode == "reflect":
+            return reflect_pad(inputs, ((0, pad_h), (0, pad_w)))
         return ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode=self.mode)
 
     def compute_output_shape(self, input_shape):
