@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import keras
@@ -21,23 +22,62 @@ MODELS = {
 JAX = keras.backend.backend() == "jax"
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each model exported from this backend, with inputs at two sizes and the Keras outputs."""
+    folder = tmp_path_factory.mktemp("exported")
+    rng = np.random.default_rng(0)
+    found = {}
+    for name, (build, sizes) in MODELS.items():
+        keras.utils.set_random_seed(0)
+        model = build()
+        inputs = [rng.random((2, *size, 3)).astype("float32") for size in sizes]
+        outputs = [ops.convert_to_numpy(model(x)) for x in inputs]
+        uint8 = [(x * 255).round().astype(np.uint8) for x in inputs]
+        uint8_outputs = [ops.convert_to_numpy(model(x.astype("float32") / 255)) for x in uint8]
+        path = export_model(model, folder / name)
+        np.savez(folder / f"{name}.npz", *inputs, *outputs)
+        found[name] = (path, inputs, outputs, uint8, uint8_outputs)
+    return folder, found
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_saved_model_matches_keras_at_two_sizes(name, tmp_path, rng):
-    build, sizes = MODELS[name]
-    model = build()
-    path = export_model(model, tmp_path / name)
+def test_saved_model_matches_keras_at_two_sizes(name, exported):
+    path, inputs, outputs, uint8, uint8_outputs = exported[1][name]
     loaded = tf.saved_model.load(path)
-    # TFSMLayer exists on the TensorFlow backend only.
+    # TFSMLayer exists on the TensorFlow backend only (see the next test for JAX exports).
     layer = None if JAX else keras.layers.TFSMLayer(path, call_endpoint="serve")
-    for size in sizes:
-        x = rng.random((2, *size, 3)).astype("float32")
-        want = ops.convert_to_numpy(model(x))
+    for x, want, x8, want8 in zip(inputs, outputs, uint8, uint8_outputs):
         np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(x))), want, atol=1e-4)
         if layer is not None:
             np.testing.assert_allclose(np.asarray(layer(x)), want, atol=1e-4)
-        as_uint8 = (x * 255).round().astype(np.uint8)
-        np.testing.assert_allclose(np.asarray(loaded.serve_uint8(tf.constant(as_uint8))),
-                                   ops.convert_to_numpy(model(as_uint8.astype("float32") / 255)), atol=1e-4)
+        np.testing.assert_allclose(np.asarray(loaded.serve_uint8(tf.constant(x8))), want8, atol=1e-4)
+
+
+TFSM_CHECK = """
+import sys, numpy as np, keras
+folder, names = sys.argv[1], sys.argv[2:]
+for name in names:
+    arrays = np.load(f"{folder}/{name}.npz")
+    half = len(arrays.files) // 2
+    layer = keras.layers.TFSMLayer(f"{folder}/{name}", call_endpoint="serve")
+    for i in range(half):
+        got = keras.ops.convert_to_numpy(layer(arrays[f"arr_{i}"]))
+        np.testing.assert_allclose(got, arrays[f"arr_{i + half}"], atol=1e-4, err_msg=name)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not JAX, reason="TensorFlow exports are checked with TFSMLayer in-process")
+def test_jax_exports_load_in_tfsmlayer(exported):
+    import subprocess
+    import sys
+
+    folder, found = exported
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", TFSM_CHECK, str(folder), *sorted(found)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
 
 
 def test_cli_refuses_overwrite_and_lambda(tmp_path, capsys):
