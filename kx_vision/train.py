@@ -7,6 +7,7 @@ installed, `TensorBoard`. The final model is `OUTPUT/model.keras`.
 """
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -14,6 +15,7 @@ import os
 import sys
 
 from kx_vision import config as config_lib
+from kx_vision import distribute
 from kx_vision.errors import ConfigError, KxVisionError
 
 TASKS = {
@@ -88,7 +90,10 @@ def _check_resume(output, config):
 
         with open(saved) as f:
             previous = yaml.safe_load(f)
-        if previous != config_lib.to_dict(config):
+        current = config_lib.to_dict(config)
+        # The device layout does not change the computation: a run may resume on more or fewer devices.
+        previous.pop("distribute", None), current.pop("distribute", None)
+        if previous != current:
             raise ConfigError(
                 f"{output} holds an interrupted run with a different config ({saved}); "
                 "rerun with the same settings to resume it, or choose another --output"
@@ -119,26 +124,47 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
 
     Returns `(model, summary)`, the summary being a dict of final validation scores.
     """
+    task.check_config(config)
+    dist = distribute.setup(config.distribute)
+    try:
+        return _fit(task, config, output, dist, verbose, extra_callbacks)
+    finally:
+        distribute.reset()
+
+
+def _fit(task, config, output, dist, verbose, extra_callbacks):
     import keras
 
     from kx_vision.callbacks import AtomicModelCheckpoint, save_model_atomic, save_weights_atomic
 
-    task.check_config(config)
+    dist.check_batch_size(config.data.batch_size)
     os.makedirs(output, exist_ok=True)
-    _check_resume(output, config)
-    config_lib.dump(config, os.path.join(output, "config.yaml"))
+    if dist.is_chief:
+        _check_resume(output, config)
+        config_lib.dump(config, os.path.join(output, "config.yaml"))
+    if dist.num_replicas > 1:
+        print(f"distribute={dist.mode}: {dist.num_replicas} replicas over {dist.num_workers} worker(s), "
+              f"this is worker {dist.worker_index}; global batch {config.data.batch_size}")
     keras.utils.set_random_seed(config.seed)
 
     data = task.build_data(config)
-    model = task.build_model(config)
-    transferred = _initialise(model, config)
+    data["train"] = dist.train_dataset(data["train"])
+    data["val"] = dist.validation_dataset(data["val"])
+    with dist.scope():
+        model = dist.prepare_model(task.build_model(config))
+        transferred = _initialise(model, config)
     frozen, frozen_epochs = task.freeze_plan(model, config, transferred)
     frozen_epochs = min(frozen_epochs, config.epochs) if frozen else 0
     phases = [("frozen", 0, frozen_epochs), ("all", frozen_epochs, config.epochs)]
     phases = [phase for phase in phases if phase[1] < phase[2]]
     monitor, mode = task.MONITOR
+    # Only the chief writes checkpoints and logs into `output`. Saving reads every variable, which in a
+    # multi-process run is a collective step, so the other workers save too, into a private scratch
+    # folder (removed when they finish) that also holds the backup they resume from.
+    scratch = output if dist.is_chief else os.path.join(output, ".workers", f"worker{dist.worker_index}")
+    backup = os.path.join(scratch, "backup")
     for name, first, last in phases:
-        done_marker = os.path.join(output, f"phase_{name}.weights.h5")
+        done_marker = os.path.join(scratch, f"phase_{name}.weights.h5")
         if name != phases[-1][0] and os.path.isfile(done_marker):
             model.load_weights(done_marker)
             print(f"phase '{name}' already finished: loaded {done_marker}")
@@ -150,20 +176,22 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
             trained = [layer.name for layer in model.layers if layer.weights and layer.name not in frozen]
             shown = ", ".join(trained) if len(trained) <= 6 else f"{len(trained)} layers"
             print(f"epochs {first + 1}-{last}: training only {shown} ({', '.join(frozen)} frozen)")
-        model.compile(
-            optimizer=build_optimizer(config, (last - first) * data["steps_per_epoch"]),
-            loss=task.build_loss(config),
-            metrics=task.build_metrics(config),
-            jit_compile="auto" if config.jit_compile is None else config.jit_compile,
-        )
+        with dist.scope():
+            model.compile(
+                optimizer=build_optimizer(config, (last - first) * data["steps_per_epoch"]),
+                loss=task.build_loss(config),
+                metrics=task.build_metrics(config),
+                jit_compile="auto" if config.jit_compile is None else config.jit_compile,
+            )
         callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(output, "backup", name)),
+            keras.callbacks.BackupAndRestore(os.path.join(backup, name)),
             keras.callbacks.TerminateOnNaN(),
-            AtomicModelCheckpoint(os.path.join(output, "checkpoints"), monitor=monitor, mode=mode),
-            keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True),
+            AtomicModelCheckpoint(os.path.join(scratch, "checkpoints"), monitor=monitor, mode=mode),
         ]
-        if importlib.util.find_spec("tensorboard") is not None:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
+        if dist.is_chief:
+            callbacks.append(keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True))
+            if importlib.util.find_spec("tensorboard") is not None:
+                callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
         callbacks.extend(extra_callbacks)
         model.fit(
             data["train"],
@@ -173,12 +201,27 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
             validation_data=data["val"],
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipelines shuffle / sample at random themselves
-            verbose=verbose,
+            verbose=verbose if dist.is_chief else 0,
         )
         if name != phases[-1][0]:
             save_weights_atomic(model, done_marker)
 
-    save_model_atomic(model, os.path.join(output, "model.keras"))
+    final = os.path.join(scratch, "model.keras")
+    save_model_atomic(model, final)
+    if not dist.is_chief:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(scratch))  # `.workers`, once every worker has finished
+        return model, {}
+    if dist.num_replicas > 1:
+        # Report on the saved model, on one device: it proves the file, and the report's full-size
+        # single images need not split across replicas.
+        from kx_vision.models.loading import load_model
+
+        distribute.reset()
+        model = load_model(final)
     message, summary = task.report(model, data, config)
     print(message)
     with open(os.path.join(output, "summary.json"), "w") as f:

@@ -55,6 +55,8 @@ class SegmentationConfig:
     freeze_layers: list[str] = option(["backbone"], "prefixes of the (top-level) layer names frozen in those epochs")
     seed: int = option(0, "seed of initialisation, shuffling and augmentation")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
+    distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
+                             "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
     init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name (progressive resizing)")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

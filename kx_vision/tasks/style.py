@@ -44,6 +44,8 @@ class StyleConfig:
     steps_per_epoch: int = option(100, "steps per epoch")
     seed: int = option(0, "seed")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto')")
+    distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
+                             "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
     init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

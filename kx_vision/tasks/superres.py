@@ -47,6 +47,8 @@ class SuperResConfig:
     steps_per_epoch: int = option(200, "training steps per epoch")
     seed: int = option(0, "seed of weight initialisation and patch sampling")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
+    distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
+                             "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
     init_from: str | None = option(
         None, "a .keras model whose weights seed this one, by layer name (e.g. x2 -> x4)"
     )

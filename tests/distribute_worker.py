@@ -1,0 +1,139 @@
+"""Subprocess side of `test_distribute.py`: the device count is fixed when a backend starts, so each
+distributed scenario runs in a fresh process with two devices (TensorFlow: two logical CPUs; JAX:
+`--xla_force_host_platform_device_count=2`, set by the test) or as one of two workers.
+
+    python tests/distribute_worker.py equivalence edsr|unet [pixel_shuffle|transpose]
+    python tests/distribute_worker.py resume DATA_FOLDER OUT
+    python tests/distribute_worker.py worker DATA_FOLDER OUT   (with TF_CONFIG / KERAS_DISTRIBUTION_*)
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import keras  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+if keras.backend.backend() == "tensorflow" and sys.argv[1] != "worker":
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from kx_vision import config as config_lib  # noqa: E402
+from kx_vision import distribute, train  # noqa: E402
+from kx_vision.tasks import superres  # noqa: E402
+
+
+def build(name, upsampling="pixel_shuffle"):
+    from kx_vision.losses import SegmentationLoss
+    from kx_vision.models import EDSR, UNet
+    from seg_helpers import tiny_backbone
+
+    if name == "edsr":
+        return EDSR(scale=2, num_blocks=2, num_filters=8), keras.losses.MeanAbsoluteError()
+    return (UNet(num_classes=3, backbone=tiny_backbone(stages=5, width=4), max_filters=8, upsampling=upsampling),
+            SegmentationLoss(3))
+
+
+def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
+    """The same SGD steps on one device and on two, from the same weights and global batches."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    side = 32
+    x = rng.random((steps * batch, side, side, 3)).astype("float32")
+    y = (rng.random((steps * batch, 64, 64, 3)).astype("float32") if name == "edsr"
+         else rng.integers(0, 3, (steps * batch, side, side, 1)))
+    initial = Path(os.environ["KX_TEST_TMP"]) / f"{name}_initial.weights.h5"
+    found = {}
+    for mode in ("none", "mirrored"):
+        dist = distribute.setup(mode)
+        keras.utils.set_random_seed(0)
+        with dist.scope():
+            model, loss = build(name, upsampling)
+            dist.prepare_model(model)
+            if mode == "none":
+                model.save_weights(initial)
+            model.load_weights(initial)
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+        data = dist.train_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch))
+        model.fit(data, epochs=1, verbose=0, shuffle=False)
+        found[mode] = {w.path: np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights}
+        found[f"{mode}_replicas"] = dist.num_replicas
+        distribute.reset()
+    diffs = [float(np.abs(found["mirrored"][k] - v).max()) for k, v in found["none"].items()]
+    moved = [float(np.abs(v - w).max()) for v, w in zip(found["none"].values(), _load(initial, name, upsampling))]
+    print(json.dumps({"replicas": [found["none_replicas"], found["mirrored_replicas"]],
+                      "max_diff": max(diffs), "max_update": max(moved), "same_paths":
+                      sorted(found["none"]) == sorted(found["mirrored"])}))
+
+
+def _load(path, name, upsampling):
+    model, _ = build(name, upsampling)
+    model.load_weights(path)
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def tiny_config(folder, **extra):
+    assignments = [f"data.train={folder}/train", f"data.val={folder}/val", "data.patch_size=16",
+                   "data.batch_size=4", "model.num_blocks=1", "model.num_filters=8", "epochs=2",
+                   "steps_per_epoch=3", "optimizer.warmup_steps=0"] + [f"{k}={v}" for k, v in extra.items()]
+    return config_lib.load(superres.SuperResConfig, None, assignments)
+
+
+class Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+class Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
+def resume(folder, out):
+    """Interrupted on two devices after epoch 1, resumed (and finished) on one."""
+    try:
+        train.fit(superres, tiny_config(folder, distribute="mirrored"), out, verbose=0, extra_callbacks=[Crash()])
+    except KeyboardInterrupt:
+        pass
+    checkpoint = keras.saving.load_model(os.path.join(out, "checkpoints", "last.keras"))
+    epochs = Epochs()
+    model, summary = train.fit(superres, tiny_config(folder, distribute="none"), out, verbose=0,
+                               extra_callbacks=[epochs])
+    print(json.dumps({"resumed_epochs": epochs.seen, "psnr": summary["psnr"],
+                      "checkpoint_params": checkpoint.count_params(), "params": model.count_params()}))
+
+
+class DumpWeights(keras.callbacks.Callback):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_train_end(self, logs=None):
+        np.savez(self.path, *[keras.ops.convert_to_numpy(w) for w in self.model.weights])
+
+
+def worker(folder, out):
+    """One of two workers of a multi-worker run sharing the output folder."""
+    if "TF_CONFIG" in os.environ:
+        index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    else:
+        index = int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"])
+    train.fit(superres, tiny_config(folder, distribute="multi_worker", epochs=1), out, verbose=0,
+              extra_callbacks=[DumpWeights(os.path.join(out, f"final_worker{index}.npz"))])
+    print(json.dumps({"worker": index}))
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {"equivalence": equivalence, "resume": resume, "worker": worker}[command](*args)

@@ -1,0 +1,137 @@
+"""`distribute`: the same training on one device and on two, checkpoints moving between device
+counts, and a two-process multi-worker run. Each scenario runs in a fresh subprocess
+(`distribute_worker.py`), because a backend's device count is fixed when it starts."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")  # the tf.data pipelines
+
+WORKER = Path(__file__).parent / "distribute_worker.py"
+BACKEND = keras.backend.backend()
+# SGD steps on one device and on two, from identical weights and global batches: the only difference
+# is the order of the float32 sums (per-replica gradients all-reduced), so weights agree to ~1e-7;
+# allowed 1e-5 against updates of ~1e-2.
+TOLERANCE = 1e-5
+
+
+def _env(**extra):
+    env = {**os.environ, "KERAS_BACKEND": BACKEND, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).parent)}
+    env.update(extra)
+    return env
+
+
+def _two_devices_env(tmp_path):
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    return _env(XLA_FLAGS=flags, KX_TEST_TMP=str(tmp_path))
+
+
+def _run(args, env, timeout=600):
+    done = subprocess.run([sys.executable, str(WORKER), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("model,upsampling", [
+    ("edsr", None),
+    pytest.param("unet", "pixel_shuffle", marks=pytest.mark.xfail(
+        BACKEND == "tensorflow", strict=True,
+        reason="known, not yet explained: under MirroredStrategy (synchronized BatchNorm) the default U-Net "
+               "(pixel-shuffle decoder + last_cross) drifts ~2e-3 from one device after 3 SGD steps; "
+               "the transposed-conv U-Net, the U-Net without last_cross, and JAX all agree to 1e-7")),
+    ("unet", "transpose"),
+])
+def test_two_devices_train_like_one(model, upsampling, tmp_path):
+    result = _run(["equivalence", model] + ([upsampling] if upsampling else []), _two_devices_env(tmp_path))
+    assert result["replicas"] == [1, 2] and result["same_paths"]
+    assert result["max_update"] > 1e-3  # the steps really trained
+    assert result["max_diff"] < TOLERANCE, result
+
+
+@pytest.fixture
+def folders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 1)):
+        (tmp_path / split).mkdir()
+        for i in range(count):
+            yy, xx = np.mgrid[0:40, 0:36]
+            base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 4), np.sin((xx + yy) / 5)], -1)
+            image = ((base * 0.4 + 0.5 + rng.normal(0, 0.03, base.shape)).clip(0, 1) * 255).astype(np.uint8)
+            Image.fromarray(image).save(tmp_path / split / f"{i}.png")
+    return tmp_path
+
+
+def test_two_device_run_resumes_on_one_device(folders, tmp_path):
+    out = tmp_path / "run"
+    result = _run(["resume", str(folders), str(out)], _two_devices_env(tmp_path))
+    assert result["resumed_epochs"] == [1]  # epoch 0, trained on two devices, was not trained again
+    assert result["checkpoint_params"] == result["params"]
+    assert np.isfinite(result["psnr"])
+    assert (out / "model.keras").is_file() and not (out / ".workers").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="multi_worker is refused on TensorFlow (see the next test)")
+def test_two_workers_on_localhost_agree(folders, tmp_path):
+    out = tmp_path / "run"
+    address = f"127.0.0.1:{_free_port()}"
+    workers = [subprocess.Popen(
+        [sys.executable, str(WORKER), "worker", str(folders), str(out)],
+        env=_env(KERAS_DISTRIBUTION_JOB_ADDRESSES=address, KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                 KERAS_DISTRIBUTION_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [w.communicate(timeout=300) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (stdout, stderr) in zip(workers, outputs):
+        assert w.returncode == 0, stderr[-4000:]
+    first, second = (np.load(out / f"final_worker{i}.npz") for i in range(2))
+    for key in first.files:
+        np.testing.assert_array_equal(first[key], second[key])
+    # Only the chief wrote the run's files; the other worker's scratch folder is gone.
+    assert {p.name for p in out.iterdir()} >= {"model.keras", "history.csv", "checkpoints", "config.yaml"}
+    assert not (out / ".workers").exists()
+
+
+def test_bad_distribute_settings_are_explained(folders, tmp_path, monkeypatch):
+    from kx_vision import config as config_lib
+    from kx_vision import distribute
+    from kx_vision.errors import ConfigError
+    from kx_vision.tasks import superres
+
+    with pytest.raises(ConfigError, match="unknown mode 'mirorred'"):
+        distribute.resolve_mode("mirorred")
+    if BACKEND == "tensorflow":
+        with pytest.raises(ConfigError, match="does not work on the TensorFlow backend"):
+            distribute.setup("multi_worker")
+        # tests run TensorFlow over two logical CPUs (conftest): a global batch of 3 cannot split
+        config = config_lib.load(superres.SuperResConfig, None, [
+            f"data.train={folders / 'train'}", f"data.val={folders / 'val'}", "data.batch_size=3",
+            "data.patch_size=16", "distribute=mirrored"])
+        from kx_vision import train
+
+        with pytest.raises(ConfigError, match="'data.batch_size' \\(3\\) is the global batch"):
+            train.fit(superres, config, str(tmp_path / "run"), verbose=0)
+    else:
+        monkeypatch.delenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", raising=False)
+        with pytest.raises(ConfigError, match="needs KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+            distribute.setup("multi_worker")
