@@ -64,12 +64,18 @@ class Distribution:
                 f"{self.num_replicas} replicas of distribute={self.mode}")
 
     def train_dataset(self, dataset):
-        return _with_shard_policy(dataset) if self.num_replicas > 1 else dataset
+        return _with_shard_policy(dataset) if self.num_replicas > 1 and _is_tf_data(dataset) else dataset
 
     def validation_dataset(self, dataset):
         """Repeat each validation batch once per replica (see the module docstring)."""
         if self.num_replicas == 1 or dataset is None:
             return dataset
+        if not _is_tf_data(dataset):
+            from kx_vision.data.arrays import Pairs
+
+            if not isinstance(dataset, Pairs):
+                return dataset  # random crops of the global batch size, which divides evenly
+            return Pairs(dataset.pairs, repeats=dataset.repeats * self.num_replicas)
         import tensorflow as tf
 
         replicas = self.num_replicas
@@ -109,6 +115,10 @@ def portable_batchnorm(model):
     finally:
         for layer in synced:
             layer.synchronized = True
+
+
+def _is_tf_data(dataset):
+    return type(dataset).__module__.startswith("tensorflow")
 
 
 def _with_shard_policy(dataset):

@@ -190,7 +190,8 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
         ]
         if dist.is_chief:
             callbacks.append(keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True))
-            if importlib.util.find_spec("tensorboard") is not None:
+            # Keras's TensorBoard callback writes through TensorFlow's summary API.
+            if all(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorflow")):
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
         callbacks.extend(extra_callbacks)
         model.fit(

@@ -10,7 +10,11 @@ Validation pairs are whole images cropped to a multiple of the scale, degraded o
 """
 
 import numpy as np
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError:  # JAX-only machines use kx_vision.data.arrays; the TF-free helpers below still work
+    tf = None
 
 from kx_vision.data import transforms
 from kx_vision.data.images import list_images, load_images
@@ -110,15 +114,8 @@ def content_dataset(images, crop_size, batch_size, seed=0):
     """Endless `(content, content)` batches for style transfer: random `crop_size` squares of the
     content images (each resized so its short side is at least `crop_size`), randomly flipped.
     The target is the content image itself; the style lives in the loss."""
-    from PIL import Image
+    from kx_vision.data.arrays import prepare_content
 
-    prepared = []
-    for image in images:
-        short = min(image.shape[:2])
-        if short < crop_size:
-            scale = crop_size / short
-            size = (max(crop_size, round(image.shape[1] * scale)), max(crop_size, round(image.shape[0] * scale)))
-            image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-        prepared.append(image)
+    prepared = prepare_content(images, crop_size)
     dataset = train_dataset(prepared, scale=1, patch_size=crop_size, batch_size=batch_size, seed=seed)
     return dataset.map(lambda lr, hr: (hr, hr))

@@ -26,6 +26,8 @@ class DataConfig:
     val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation content image folder(s)")
     crop_size: int = option(128, "side of the random content crops (Johnson: 256)")
     batch_size: int = option(4, "crops per batch")
+    pipeline: str = option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
+                           "or auto (tf_data where TensorFlow is installed)", choices=("auto", "tf_data", "numpy"))
 
 
 @dataclasses.dataclass
@@ -111,11 +113,17 @@ def freeze_plan(model, config, transferred):
 
 
 def build_data(config):
+    from kx_vision.data import arrays
     from kx_vision.data import superres as sr_data
 
     size = config.data.crop_size
     content = sr_data.load_folders(config.data.content, what="content image")
     val_images = sr_data.load_folders(config.data.val, what="validation content image")
+    if arrays.resolve_pipeline(config.data.pipeline) == "numpy":
+        train = arrays.ContentCrops(content, size, config.data.batch_size, config.steps_per_epoch, seed=config.seed,
+                                    workers=arrays.default_workers())
+        val = arrays.ContentCrops(val_images, size, config.data.batch_size, 2, seed=config.seed + 1)
+        return {"train": train, "val": val, "steps_per_epoch": config.steps_per_epoch, "endless": False}
     train = sr_data.content_dataset(content, size, config.data.batch_size, seed=config.seed)
     val = sr_data.content_dataset(val_images, size, config.data.batch_size, seed=config.seed + 1).take(2)
     return {"train": train, "val": val, "steps_per_epoch": config.steps_per_epoch, "endless": True}

@@ -29,6 +29,8 @@ class DataConfig:
     patch_size: int = option(48, "side of the HR training patches, a multiple of the scale")
     batch_size: int = option(16, "patches per batch")
     augment: bool = option(True, "random dihedral transform (8 symmetries) of each patch")
+    pipeline: str = option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
+                           "or auto (tf_data where TensorFlow is installed)", choices=("auto", "tf_data", "numpy"))
 
 
 @dataclasses.dataclass
@@ -96,13 +98,23 @@ def freeze_plan(model, config, transferred):
 
 
 def build_data(config):
-    """`{"train", "val", "val_pairs", "steps_per_epoch", "endless"}` (see `kx_vision.data.superres`)."""
-    from kx_vision.data import superres as sr_data  # TensorFlow is imported only when data is built
+    """`{"train", "val", "val_pairs", "steps_per_epoch", "endless"}` (see `kx_vision.data.superres`
+    and, without TensorFlow, `kx_vision.data.arrays`)."""
+    from kx_vision.data import arrays
+    from kx_vision.data import superres as sr_data  # imports TensorFlow only where it is installed
 
+    pipeline = arrays.resolve_pipeline(config.data.pipeline)
     train_images = sr_data.load_folders(
         config.data.train, min_size=config.data.patch_size, what="training image"
     )
     val_images = sr_data.load_folders(config.data.val, what="validation image")
+    pairs = sr_data.validation_pairs(val_images, config.scale)
+    if pipeline == "numpy":
+        train = arrays.SuperResPatches(train_images, config.scale, config.data.patch_size, config.data.batch_size,
+                                       config.steps_per_epoch, seed=config.seed, augment=config.data.augment,
+                                       workers=arrays.default_workers())
+        return {"train": train, "val": arrays.Pairs(pairs), "val_pairs": pairs,
+                "steps_per_epoch": config.steps_per_epoch, "endless": False}
     train = sr_data.train_dataset(
         train_images,
         config.scale,
@@ -111,7 +123,6 @@ def build_data(config):
         seed=config.seed,
         augment=config.data.augment,
     )
-    pairs = sr_data.validation_pairs(val_images, config.scale)
     return {
         "train": train,
         "val": sr_data.pairs_dataset(pairs),
