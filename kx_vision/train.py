@@ -52,10 +52,14 @@ def build_optimizer(config, total_steps):
         learning_rate, momentum = one_cycle(opt.learning_rate, max(total_steps, 1), pct_start=opt.pct_start)
         beta_1_schedule = momentum if opt.cycle_momentum else None
     try:
-        return Adam(learning_rate=learning_rate, group_rates=opt.group_rates, beta_1_schedule=beta_1_schedule,
-                    clipnorm=opt.clipnorm)
+        optimizer = Adam(learning_rate=learning_rate, group_rates=opt.group_rates, beta_1_schedule=beta_1_schedule,
+                         clipnorm=opt.clipnorm)
     except ValueError as error:
         raise ConfigError(f"config key 'optimizer.group_rates': {error}") from None
+    if getattr(config, "precision", "float32") == "mixed_float16":
+        # float16 gradients underflow without it (bfloat16 has float32's exponent range and needs none).
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def find_learning_rate(task, config, output, num_steps=200):
@@ -124,11 +128,17 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
 
     Returns `(model, summary)`, the summary being a dict of final validation scores.
     """
+    import keras
+
     task.check_config(config)
     dist = distribute.setup(config.distribute)
+    policy = keras.config.dtype_policy()
+    # The policy is global in Keras: set it for the model, loss networks and optimizer built here.
+    keras.config.set_dtype_policy(config.precision)
     try:
         return _fit(task, config, output, dist, verbose, extra_callbacks)
     finally:
+        keras.config.set_dtype_policy(policy)
         distribute.reset()
 
 

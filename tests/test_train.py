@@ -136,3 +136,32 @@ def test_cli_bad_input_gives_one_clear_message(folders, tmp_path, capsys, assign
     assert train.main(args) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_training(folders, tmp_path, precision):
+    import csv
+
+    config = tiny_config(folders, precision=precision, epochs=1, steps_per_epoch=4)
+    seen = {}
+
+    class Inspect(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["compute"] = self.model.get_layer("head_conv").compute_dtype
+            seen["variable"] = self.model.get_layer("head_conv").kernel.dtype
+            seen["output"] = self.model.output.dtype
+            seen["optimizer"] = type(self.model.optimizer).__name__
+
+    model, summary = train.fit(superres, config, str(tmp_path / "run"), verbose=0, extra_callbacks=[Inspect()])
+    assert seen["compute"] == precision.split("_")[1] and seen["variable"] == "float32"
+    assert seen["output"] == "float32"  # losses and metrics see float32
+    assert seen["optimizer"] == ("LossScaleOptimizer" if precision == "mixed_float16" else "Adam")
+    with open(tmp_path / "run" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert np.isfinite(float(rows[-1]["loss"])) and np.isfinite(summary["psnr"])
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    # Saved models are rebuilt from their constructor arguments, under the policy in force when loading.
+    reloaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert reloaded.get_layer("head_conv").compute_dtype == "float32"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded.get_layer("head_conv").kernel),
+                               keras.ops.convert_to_numpy(model.get_layer("head_conv").kernel))

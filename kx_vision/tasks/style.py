@@ -48,6 +48,9 @@ class StyleConfig:
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto')")
     distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
                              "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
+    precision: str = option("float32", "compute dtype policy: float32, mixed_bfloat16 (GPU/TPU) or mixed_float16 "
+                            "(with dynamic loss scaling); weights, losses and metrics stay float32",
+                            choices=("float32", "mixed_bfloat16", "mixed_float16"))
     init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

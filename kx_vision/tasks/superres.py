@@ -51,6 +51,9 @@ class SuperResConfig:
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
     distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
                              "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
+    precision: str = option("float32", "compute dtype policy: float32, mixed_bfloat16 (GPU/TPU) or mixed_float16 "
+                            "(with dynamic loss scaling); weights, losses and metrics stay float32",
+                            choices=("float32", "mixed_bfloat16", "mixed_float16"))
     init_from: str | None = option(
         None, "a .keras model whose weights seed this one, by layer name (e.g. x2 -> x4)"
     )
