@@ -2,7 +2,7 @@
 distributed scenario runs in a fresh process with two devices (TensorFlow: two logical CPUs; JAX:
 `--xla_force_host_platform_device_count=2`, set by the test) or as one of two workers.
 
-    python tests/distribute_worker.py equivalence edsr|unet [pixel_shuffle|transpose]
+    python tests/distribute_worker.py equivalence edsr unet:pixel_shuffle unet:transpose
     python tests/distribute_worker.py resume DATA_FOLDER OUT
     python tests/distribute_worker.py worker DATA_FOLDER OUT   (with TF_CONFIG / KERAS_DISTRIBUTION_*)
 """
@@ -68,9 +68,13 @@ def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
         distribute.reset()
     diffs = [float(np.abs(found["mirrored"][k] - v).max()) for k, v in found["none"].items()]
     moved = [float(np.abs(v - w).max()) for v, w in zip(found["none"].values(), _load(initial, name, upsampling))]
-    print(json.dumps({"replicas": [found["none_replicas"], found["mirrored_replicas"]],
-                      "max_diff": max(diffs), "max_update": max(moved), "same_paths":
-                      sorted(found["none"]) == sorted(found["mirrored"])}))
+    return {"replicas": [found["none_replicas"], found["mirrored_replicas"]], "max_diff": max(diffs),
+            "max_update": max(moved), "same_paths": sorted(found["none"]) == sorted(found["mirrored"])}
+
+
+def equivalences(*specs):
+    """`equivalence` for several `model[:upsampling]` specs in one process (one backend start-up)."""
+    print(json.dumps({spec: equivalence(*spec.split(":")) for spec in specs}))
 
 
 def _load(path, name, upsampling):
@@ -136,4 +140,4 @@ def worker(folder, out):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"equivalence": equivalence, "resume": resume, "worker": worker}[command](*args)
+    {"equivalence": equivalences, "resume": resume, "worker": worker}[command](*args)

@@ -53,7 +53,8 @@ class Context:
 
     def saved_model(self, build):
         """Save mode: build the model and save it as `.keras`. Load mode: load that file instead
-        (with `safe_mode` on, as the CLI does), so the file crosses backends."""
+        (with `safe_mode` on, as the CLI does), so the file crosses backends, and save it again from this
+        backend. Reload mode (back on the first backend): load that second file."""
         from kx_vision.models.loading import load_model
 
         path = self.folder / f"{self.name}.keras"
@@ -61,7 +62,11 @@ class Context:
             model = build()
             model.save(path)
             return model
-        return load_model(path)
+        if self.mode == "reload":  # the file the other backend wrote back (see below)
+            return load_model(self.folder / f"{self.name}.resaved.keras")
+        model = load_model(path)
+        model.save(self.folder / f"{self.name}.resaved.keras")  # saved under this backend, for the way back
+        return model
 
     @property
     def vgg16_weights(self):

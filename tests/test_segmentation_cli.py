@@ -71,17 +71,20 @@ def test_predict_segmentation_writes_ids_and_overlay(tiny_unet_file, tmp_path):
     assert overlay.shape == (360, 480, 3)
 
 
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason=(
+    "end-to-end CLI orchestration runs once per CI, in the TensorFlow run (backend numerics: test_parity; "
+    "training under JAX: test_train, test_data_arrays, test_distribute); JAX on CPU takes minutes here"))
 def test_train_cli_freeze_then_unfreeze_and_progressive_resize(tmp_path, capsys):
-    common = ["--set", "model.backbone=simple", "--set", "model.max_filters=16", "--set", "data.batch_size=4",
+    common = ["--set", "model.backbone=simple", "--set", "model.max_filters=8", "--set", "data.batch_size=4",
               "--set", "optimizer.warmup_steps=0", "--set", "jit_compile=false"]
-    small = ["segmentation", "--output", str(tmp_path / "small"), "--set", "data.image_size=64,64",
+    small = ["segmentation", "--output", str(tmp_path / "small"), "--set", "data.image_size=32,32",
              "--set", "epochs=2", "--set", "freeze_backbone_epochs=1"] + common
     assert train.main(small) == 0
     out = capsys.readouterr().out
     assert "(backbone frozen)" in out and "mIoU" in out
     summary = json.loads((tmp_path / "small" / "summary.json").read_text())
     assert 0 <= summary["miou"] <= 1 and len(summary["per_class_iou"]) == 11
-    large = ["segmentation", "--output", str(tmp_path / "large"), "--set", "data.image_size=96,128",
+    large = ["segmentation", "--output", str(tmp_path / "large"), "--set", "data.image_size=64,64",
              "--set", "epochs=1", "--set", f"init_from={tmp_path / 'small' / 'model.keras'}"] + common
     assert train.main(large) == 0
     out = capsys.readouterr().out
