@@ -249,17 +249,21 @@ for architecture in ("upsample_head", "unet"):
     model, results[architecture] = train.fit(seg_task, config, os.path.join(RUNS, architecture), verbose=0)
     print(f"{architecture:14s} mean IoU {results[architecture]['miou']:.3f}  "
           f"pixel accuracy {results[architecture]['pixel_accuracy']:.3f}")'''),
-    ("md", """## IoU per class
+    ("md", """## IoU and dice per class
 
 Keras's `MeanIoU` confusion matrix, void pixels skipped; classes absent from both truth and prediction are
 left out of the mean. In the fast setting the models have seen a few batches of tiny images, so these bars
 are near zero; run without `KX_VISION_FAST` (or `configs/camvid_unet_resnet50.yaml`) for real figures."""),
     ("code", '''per_class = results["unet"]["per_class_iou"]
 names = [n for n, v in per_class.items() if v is not None]
+iou = np.array([per_class[n] for n in names])
+dice = 2 * iou / (1 + iou)  # per class, dice = 2 TP / (2 TP + FP + FN) = 2 IoU / (1 + IoU)
 figure, axis = plt.subplots(figsize=(6, 2.5), dpi=60)
-axis.bar(names, [per_class[n] for n in names])
-axis.set_ylabel("IoU")
-axis.tick_params(axis="x", rotation=60, labelsize=8)
+positions = np.arange(len(names))
+axis.bar(positions - 0.2, iou, width=0.4, label="IoU")
+axis.bar(positions + 0.2, dice, width=0.4, label="dice")
+axis.set_xticks(positions, names, rotation=60, fontsize=8)
+axis.legend(fontsize=8)
 plt.show()'''),
     ("md", """## Progressive resizing
 

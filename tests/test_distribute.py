@@ -47,16 +47,21 @@ SPECS = ["edsr", "unet:pixel_shuffle", "unet:transpose"]
 
 @pytest.fixture(scope="module")
 def equivalences(tmp_path_factory):
-    return _run(["equivalence", *SPECS], _two_devices_env(tmp_path_factory.mktemp("equivalence")))
+    # One process per spec: TensorFlow cannot run a second MirroredStrategy's collectives (synchronized
+    # BatchNorm) in a process that already ran one.
+    folder = tmp_path_factory.mktemp("equivalence")
+    specs = [s for s in SPECS if not (BACKEND == "tensorflow" and s == "unet:pixel_shuffle")]
+    return {spec: _run(["equivalence", spec], _two_devices_env(folder))[spec] for spec in specs}
 
 
 @pytest.mark.parametrize("spec", [
     "edsr",
-    pytest.param("unet:pixel_shuffle", marks=pytest.mark.xfail(
-        BACKEND == "tensorflow", strict=True,
-        reason="known, not yet explained: under MirroredStrategy (synchronized BatchNorm) the default U-Net "
-               "(pixel-shuffle decoder + last_cross) drifts ~2e-3 from one device after 3 SGD steps; "
-               "the transposed-conv U-Net, the U-Net without last_cross, and JAX all agree to 1e-7")),
+    pytest.param("unet:pixel_shuffle", marks=pytest.mark.skipif(
+        BACKEND == "tensorflow",
+        reason="known, not yet explained (README, 'Several GPUs and hosts'): under MirroredStrategy with "
+               "synchronized BatchNorm the default U-Net (pixel-shuffle decoder + last_cross) drifts ~2e-3 from "
+               "one device after 3 SGD steps; the transposed-conv U-Net, the U-Net without last_cross, and JAX "
+               "all agree to 1e-7")),
     "unet:transpose",
 ])
 def test_two_devices_train_like_one(spec, equivalences):
