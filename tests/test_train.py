@@ -165,3 +165,17 @@ def test_mixed_precision_training(folders, tmp_path, precision):
     assert reloaded.get_layer("head_conv").compute_dtype == "float32"
     np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded.get_layer("head_conv").kernel),
                                keras.ops.convert_to_numpy(model.get_layer("head_conv").kernel))
+
+
+def test_skip_small_drops_images_under_the_patch(folders, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folders / "train" / "tiny.png")
+    from kx_vision.errors import DataError
+
+    with pytest.raises(DataError, match="tiny.png is 20x20, smaller than the 32x32 patch"):
+        superres.build_data(tiny_config(folders, **{"data.patch_size": 32}))
+    with pytest.warns(UserWarning, match="skipped 1 of 4 training images"):
+        data = superres.build_data(tiny_config(folders, **{"data.patch_size": 32, "data.skip_small": "true"}))
+    lr, hr = next(iter(data["train"]))
+    assert tuple(hr.shape[1:3]) == (32, 32)

@@ -29,6 +29,7 @@ class DataConfig:
     patch_size: int = option(48, "side of the HR training patches, a multiple of the scale")
     batch_size: int = option(16, "patches per batch")
     augment: bool = option(True, "random dihedral transform (8 symmetries) of each patch")
+    skip_small: bool = option(False, "skip (with a warning) training images smaller than the patch, instead of stopping")
     pipeline: str = option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
                            "or auto (tf_data where TensorFlow is installed)", choices=("auto", "tf_data", "numpy"))
 
@@ -107,9 +108,22 @@ def build_data(config):
     from kx_vision.data import superres as sr_data  # imports TensorFlow only where it is installed
 
     pipeline = arrays.resolve_pipeline(config.data.pipeline)
-    train_images = sr_data.load_folders(
-        config.data.train, min_size=config.data.patch_size, what="training image"
-    )
+    if config.data.skip_small:
+        import warnings
+
+        loaded = sr_data.load_folders(config.data.train, what="training image")
+        train_images = [image for image in loaded if min(image.shape[:2]) >= config.data.patch_size]
+        if len(train_images) < len(loaded):
+            warnings.warn(f"skipped {len(loaded) - len(train_images)} of {len(loaded)} training images smaller "
+                          f"than the {config.data.patch_size}x{config.data.patch_size} patch (data.skip_small)")
+        if not train_images:
+            from kx_vision.errors import DataError
+
+            raise DataError(f"no training image is at least {config.data.patch_size} pixels on its short side")
+    else:
+        train_images = sr_data.load_folders(
+            config.data.train, min_size=config.data.patch_size, what="training image"
+        )
     val_images = sr_data.load_folders(config.data.val, what="validation image")
     pairs = sr_data.validation_pairs(val_images, config.scale)
     if pipeline == "numpy":
