@@ -27,6 +27,7 @@ if keras.backend.backend() == "tensorflow" and sys.argv[1] != "worker":
 from kx_vision import config as config_lib  # noqa: E402
 from kx_vision import distribute, train  # noqa: E402
 from kx_vision.tasks import superres  # noqa: E402
+from tests_helpers import CrashAfterFirstEpoch, EpochsSeen  # noqa: E402
 
 
 def build(name, upsampling="pixel_shuffle"):
@@ -45,10 +46,9 @@ def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    side = 32
-    x = rng.random((steps * batch, side, side, 3)).astype("float32")
+    x = rng.random((steps * batch, 32, 32, 3)).astype("float32")
     y = (rng.random((steps * batch, 64, 64, 3)).astype("float32") if name == "edsr"
-         else rng.integers(0, 3, (steps * batch, side, side, 1)))
+         else rng.integers(0, 3, (steps * batch, 32, 32, 1)))
     initial = Path(os.environ["KX_TEST_TMP"]) / f"{name}_initial.weights.h5"
     found = {}
     for mode in ("none", "mirrored"):
@@ -90,28 +90,15 @@ def tiny_config(folder, **extra):
     return config_lib.load(superres.SuperResConfig, None, assignments)
 
 
-class Crash(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        raise KeyboardInterrupt
-
-
-class Epochs(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.seen.append(epoch)
-
-
 def resume(folder, out):
     """Interrupted on two devices after epoch 1, resumed (and finished) on one."""
     try:
-        train.fit(superres, tiny_config(folder, distribute="mirrored"), out, verbose=0, extra_callbacks=[Crash()])
+        train.fit(superres, tiny_config(folder, distribute="mirrored"), out, verbose=0,
+                  extra_callbacks=[CrashAfterFirstEpoch()])
     except KeyboardInterrupt:
         pass
     checkpoint = keras.saving.load_model(os.path.join(out, "checkpoints", "last.keras"))
-    epochs = Epochs()
+    epochs = EpochsSeen()
     model, summary = train.fit(superres, tiny_config(folder, distribute="none"), out, verbose=0,
                                extra_callbacks=[epochs])
     print(json.dumps({"resumed_epochs": epochs.seen, "psnr": summary["psnr"],

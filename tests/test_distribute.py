@@ -71,21 +71,6 @@ def test_two_devices_train_like_one(spec, equivalences):
     assert result["max_diff"] < TOLERANCE, result
 
 
-@pytest.fixture
-def folders(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("val", 1)):
-        (tmp_path / split).mkdir()
-        for i in range(count):
-            yy, xx = np.mgrid[0:40, 0:36]
-            base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 4), np.sin((xx + yy) / 5)], -1)
-            image = ((base * 0.4 + 0.5 + rng.normal(0, 0.03, base.shape)).clip(0, 1) * 255).astype(np.uint8)
-            Image.fromarray(image).save(tmp_path / split / f"{i}.png")
-    return tmp_path
-
-
 def test_two_device_run_resumes_on_one_device(folders, tmp_path):
     out = tmp_path / "run"
     result = _run(["resume", str(folders), str(out)], _two_devices_env(tmp_path))

@@ -9,21 +9,9 @@ from PIL import Image
 from kx_vision import config as config_lib
 from kx_vision import train
 from kx_vision.tasks import superres
+from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
 pytest.importorskip("tensorflow")  # the tf.data pipeline
-
-
-@pytest.fixture
-def folders(tmp_path, rng):
-    """Small real-looking images: smooth gradients plus texture, so there is something to learn."""
-    for split, count in (("train", 3), ("val", 1)):
-        (tmp_path / split).mkdir()
-        for i in range(count):
-            yy, xx = np.mgrid[0:40, 0:36]
-            base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 4), np.sin((xx + yy) / 5)], -1)
-            image = ((base * 0.4 + 0.5 + rng.normal(0, 0.03, base.shape)).clip(0, 1) * 255).astype(np.uint8)
-            Image.fromarray(image).save(tmp_path / split / f"{i}.png")
-    return tmp_path
 
 
 def tiny_config(folders, **extra):
@@ -86,33 +74,18 @@ def tiny_config_args(folders):
             for k, v in config_lib.flatten(config).items()]
 
 
-class _Crash(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-
-class _Epochs(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.seen.append(epoch)
-
-
 def test_interrupted_run_resumes_from_last_epoch(folders, tmp_path):
     config = tiny_config(folders, epochs=3)
     out = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, config, out, verbose=0, extra_callbacks=[_Crash()])
+        train.fit(superres, config, out, verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
     assert os.listdir(os.path.join(out, "backup"))
-    epochs = _Epochs()
+    epochs = EpochsSeen()
     train.fit(superres, config, out, verbose=0, extra_callbacks=[epochs])
     assert epochs.seen == [1, 2]  # epoch 0 was not trained again
     # A different config is refused rather than mixed into the interrupted run.
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, config, str(tmp_path / "run2"), verbose=0, extra_callbacks=[_Crash()])
+        train.fit(superres, config, str(tmp_path / "run2"), verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
     from kx_vision.errors import ConfigError
 
     with pytest.raises(ConfigError, match="different config"):
@@ -168,8 +141,6 @@ def test_mixed_precision_training(folders, tmp_path, precision):
 
 
 def test_skip_small_drops_images_under_the_patch(folders, tmp_path):
-    from PIL import Image
-
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folders / "train" / "tiny.png")
     from kx_vision.errors import DataError
 

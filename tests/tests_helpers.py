@@ -1,5 +1,6 @@
 """NumPy references shared by tests."""
 
+import keras
 import numpy as np
 
 
@@ -13,3 +14,22 @@ def numpy_y_psnr(a, b, shave):
     if shave:
         a, b = a[shave:-shave, shave:-shave], b[shave:-shave, shave:-shave]
     return 10 * np.log10(255.0**2 / np.mean((a - b) ** 2))
+
+
+class CrashAfterFirstEpoch(keras.callbacks.Callback):
+    """Simulates a killed run: interrupts training at the end of epoch 0."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+
+class EpochsSeen(keras.callbacks.Callback):
+    """Records the epochs that actually train (a resumed run skips the finished ones)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)

@@ -17,3 +17,20 @@ class OptimizerConfig:
         [], "per-group rate multipliers 'prefix=multiplier' on variable paths, first match wins "
         "(e.g. backbone/conv1=0.01,backbone/=0.1: the lesson's lr/100, lr/10, lr)")
     clipnorm: float | None = option(None, "clip each gradient to this norm (null: no clipping)")
+
+
+# Options every task has; called once per config class (a dataclass field object cannot be shared).
+def distribute_option():
+    return option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
+                  "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
+
+
+def precision_option():
+    return option("float32", "compute dtype policy: float32, mixed_bfloat16 (GPU/TPU) or mixed_float16 "
+                  "(with dynamic loss scaling); weights, losses and metrics stay float32",
+                  choices=("float32", "mixed_bfloat16", "mixed_float16"))
+
+
+def pipeline_option():
+    return option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
+                  "or auto (tf_data where TensorFlow is installed)", choices=("auto", "tf_data", "numpy"))

@@ -8,7 +8,7 @@ import numpy as np
 from kx_vision import losses, metrics
 from kx_vision.config import option
 from kx_vision.errors import ConfigError
-from kx_vision.tasks.common import OptimizerConfig
+from kx_vision.tasks.common import OptimizerConfig, distribute_option, precision_option
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample", "camvid")
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -55,11 +55,8 @@ class SegmentationConfig:
     freeze_layers: list[str] = option(["backbone"], "prefixes of the (top-level) layer names frozen in those epochs")
     seed: int = option(0, "seed of initialisation, shuffling and augmentation")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
-    distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
-                             "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
-    precision: str = option("float32", "compute dtype policy: float32, mixed_bfloat16 (GPU/TPU) or mixed_float16 "
-                            "(with dynamic loss scaling); weights, losses and metrics stay float32",
-                            choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    distribute: str = distribute_option()
+    precision: str = precision_option()
     init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name (progressive resizing)")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

@@ -7,7 +7,7 @@ import numpy as np
 
 from kx_vision.config import option
 from kx_vision.errors import ConfigError
-from kx_vision.tasks.common import OptimizerConfig
+from kx_vision.tasks.common import OptimizerConfig, distribute_option, pipeline_option, precision_option
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
 
@@ -26,8 +26,7 @@ class DataConfig:
     val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation content image folder(s)")
     crop_size: int = option(128, "side of the random content crops (Johnson: 256)")
     batch_size: int = option(4, "crops per batch")
-    pipeline: str = option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
-                           "or auto (tf_data where TensorFlow is installed)", choices=("auto", "tf_data", "numpy"))
+    pipeline: str = pipeline_option()
 
 
 @dataclasses.dataclass
@@ -46,11 +45,8 @@ class StyleConfig:
     steps_per_epoch: int = option(100, "steps per epoch")
     seed: int = option(0, "seed")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto')")
-    distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
-                             "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
-    precision: str = option("float32", "compute dtype policy: float32, mixed_bfloat16 (GPU/TPU) or mixed_float16 "
-                            "(with dynamic loss scaling); weights, losses and metrics stay float32",
-                            choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    distribute: str = distribute_option()
+    precision: str = precision_option()
     init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

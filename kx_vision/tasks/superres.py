@@ -10,7 +10,7 @@ from kx_vision import losses, metrics
 from kx_vision.config import option
 from kx_vision.data import transforms
 from kx_vision.models import EDSR
-from kx_vision.tasks.common import OptimizerConfig
+from kx_vision.tasks.common import OptimizerConfig, distribute_option, pipeline_option, precision_option
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
 
@@ -30,8 +30,7 @@ class DataConfig:
     batch_size: int = option(16, "patches per batch")
     augment: bool = option(True, "random dihedral transform (8 symmetries) of each patch")
     skip_small: bool = option(False, "skip (with a warning) training images smaller than the patch, instead of stopping")
-    pipeline: str = option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
-                           "or auto (tf_data where TensorFlow is installed)", choices=("auto", "tf_data", "numpy"))
+    pipeline: str = pipeline_option()
 
 
 @dataclasses.dataclass
@@ -50,11 +49,8 @@ class SuperResConfig:
     steps_per_epoch: int = option(200, "training steps per epoch")
     seed: int = option(0, "seed of weight initialisation and patch sampling")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
-    distribute: str = option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
-                             "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
-    precision: str = option("float32", "compute dtype policy: float32, mixed_bfloat16 (GPU/TPU) or mixed_float16 "
-                            "(with dynamic loss scaling); weights, losses and metrics stay float32",
-                            choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    distribute: str = distribute_option()
+    precision: str = precision_option()
     init_from: str | None = option(
         None, "a .keras model whose weights seed this one, by layer name (e.g. x2 -> x4)"
     )
