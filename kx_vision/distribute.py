@@ -7,9 +7,9 @@
   TensorFlow: `tf.distribute.MirroredStrategy`. JAX: `keras.distribution.DataParallel`.
 - `multi_worker`: several hosts (or processes). JAX: `keras.distribution.initialize()` (the
   `KERAS_DISTRIBUTION_JOB_ADDRESSES`, `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`
-  variables) then `DataParallel` over the devices of all processes. TensorFlow: refused with a clear
-  message, because `model.fit` under `MultiWorkerMirroredStrategy` fails inside Keras 3.15 (see
-  `_setup_tensorflow`).
+  variables) then `DataParallel` over the devices of all processes. TensorFlow:
+  `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG` (with two fixes to Keras 3.15's TensorFlow
+  trainer, applied only under that strategy: see `_KerasMultiWorkerFixes`).
 - `auto` (default): `multi_worker` when one of those cluster variables is set, `mirrored` when this host has
   several accelerators, otherwise `none`.
 
@@ -84,6 +84,12 @@ class Distribution:
             return tuple(tf.repeat(t, replicas, axis=0) for t in batch)
 
         return _with_shard_policy(dataset.map(repeat, num_parallel_calls=tf.data.AUTOTUNE))
+
+    def prepare_fit(self, model):
+        """Call after `model.compile`, inside `scope()`, before `model.fit`."""
+        if self.mode == "multi_worker" and self.strategy is not None:
+            _KerasMultiWorkerFixes.apply(model, self.strategy)
+        return model
 
     def prepare_model(self, model):
         """TensorFlow replicas: all-reduce BatchNorm statistics (JAX does so by construction)."""
@@ -174,7 +180,6 @@ def reset():
 
 
 def _setup_tensorflow(mode):
-    import keras
     import tensorflow as tf
 
     if mode == "none":
@@ -183,14 +188,92 @@ def _setup_tensorflow(mode):
         devices = _accelerators() or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
         return Distribution(mode, strategy.num_replicas_in_sync, strategy=strategy)
-    # Keras 3's TensorFlow trainer builds the model from the first batch with
-    # `strategy.reduce("MEAN", batch)`; MultiWorkerMirroredStrategy rejects that nested PerReplica batch
-    # ("Attempt to convert a value (PerReplica...) to a Tensor"), so model.fit cannot start (checked with
-    # Keras 3.15.1 and TensorFlow 2.21). Say so rather than fail deep inside fit.
-    raise ConfigError("distribute=multi_worker does not work on the TensorFlow backend with this Keras "
-                      f"({keras.__version__}): model.fit fails under MultiWorkerMirroredStrategy "
-                      "(keras/src/backend/tensorflow/trainer.py, _maybe_symbolic_build). Train on several "
-                      "hosts with KERAS_BACKEND=jax, or on one host with distribute=mirrored")
+    if not os.environ.get("TF_CONFIG"):
+        raise ConfigError("distribute=multi_worker on TensorFlow needs TF_CONFIG (the cluster's workers and "
+                          "this worker's index); see the README's 'Several GPUs and hosts'")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = strategy.cluster_resolver
+    cluster = resolver.cluster_spec().as_dict()
+    # TensorFlow's convention: the "chief" task if the cluster names one, else worker 0. Number the
+    # workers so the chief is 0 (the only one writing into the output folder).
+    if "chief" in cluster:
+        index = 0 if resolver.task_type == "chief" else resolver.task_id + 1
+    else:
+        index = resolver.task_id
+    workers = sum(len(tasks) for kind, tasks in cluster.items() if kind in ("chief", "worker"))
+    return Distribution(mode, strategy.num_replicas_in_sync, worker_index=index, num_workers=workers,
+                        strategy=strategy)
+
+
+class _KerasMultiWorkerFixes:
+    """Two fixes that let `model.fit` run under `MultiWorkerMirroredStrategy` with Keras 3.15's TensorFlow
+    trainer (`keras/src/backend/tensorflow/trainer.py`), which otherwise fails before the first step:
+
+    1. `_maybe_symbolic_build` builds the model from the first batch reduced with
+       `strategy.reduce("MEAN", batch, axis=None)`; across workers that nested `PerReplica` batch cannot be
+       converted ("Attempt to convert a value (PerReplica...) to a Tensor"). We build the model, loss,
+       metrics and optimizer symbolically ourselves, from one replica's batch, and make that method a
+       no-op for this model.
+    2. `reduce_per_replica` averages every step output across workers with `strategy.reduce("MEAN", v,
+       axis=0)`, which fails on the scalar losses and metrics ("Invalid reduction dimension 0 for input with
+       0 dimensions"). We reduce scalars with `axis=None` (the mean over replicas, what MirroredStrategy
+       gives on one host) and hand everything else to Keras unchanged.
+
+    Both touch private Keras code, so they are applied only under `MultiWorkerMirroredStrategy`; the
+    two-worker test in tests/test_distribute.py shows the result trains like JAX's multi-process run.
+    """
+
+    _patched = False
+
+    @classmethod
+    def apply(cls, model, strategy):
+        cls._patch_reduce_per_replica()
+
+        def symbolic_build(iterator=None, data_batch=None):
+            if iterator is not None:
+                for _, _, batches in iterator:
+                    data_batch = _one_replica(strategy, next(batches))
+                    break
+            with strategy.scope():
+                model._symbolic_build(data_batch=data_batch)
+
+        model._maybe_symbolic_build = symbolic_build
+
+    @classmethod
+    def _patch_reduce_per_replica(cls):
+        if cls._patched:
+            return
+        import tensorflow as tf
+        from keras.src import tree
+        from keras.src.backend.tensorflow import trainer
+
+        original = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or reduction not in (
+                    "auto", "mean"):
+                return original(values, strategy, reduction)
+
+            def reduce(value):
+                if _rank(strategy, value) == 0:
+                    return strategy.reduce("MEAN", value, axis=None)
+                return original(value, strategy, reduction)
+
+            return tree.map_structure(reduce, values)
+
+        trainer.reduce_per_replica = reduce_per_replica
+        cls._patched = True
+
+
+def _one_replica(strategy, batch):
+    from keras.src import tree
+
+    return tree.map_structure(
+        lambda v: strategy.experimental_local_results(v)[0] if v is not None else None, batch)
+
+
+def _rank(strategy, value):
+    return strategy.experimental_local_results(value)[0].shape.rank
 
 
 def _setup_jax(mode):

@@ -193,6 +193,7 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
                 metrics=task.build_metrics(config),
                 jit_compile="auto" if config.jit_compile is None else config.jit_compile,
             )
+            dist.prepare_fit(model)
         callbacks = [
             keras.callbacks.BackupAndRestore(os.path.join(backup, name)),
             keras.callbacks.TerminateOnNaN(),

@@ -24,10 +24,9 @@ if keras.backend.backend() == "tensorflow" and sys.argv[1] != "worker":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from kx_vision import config as config_lib  # noqa: E402
 from kx_vision import distribute, train  # noqa: E402
 from kx_vision.tasks import superres  # noqa: E402
-from tests_helpers import CrashAfterFirstEpoch, EpochsSeen  # noqa: E402
+from tests_helpers import CrashAfterFirstEpoch, DumpWeights, EpochsSeen, tiny_config  # noqa: E402
 
 
 def build(name, upsampling="pixel_shuffle"):
@@ -83,13 +82,6 @@ def _load(path, name, upsampling):
     return [keras.ops.convert_to_numpy(w) for w in model.weights]
 
 
-def tiny_config(folder, **extra):
-    assignments = [f"data.train={folder}/train", f"data.val={folder}/val", "data.patch_size=16",
-                   "data.batch_size=4", "model.num_blocks=1", "model.num_filters=8", "epochs=2",
-                   "steps_per_epoch=3", "optimizer.warmup_steps=0"] + [f"{k}={v}" for k, v in extra.items()]
-    return config_lib.load(superres.SuperResConfig, None, assignments)
-
-
 def resume(folder, out):
     """Interrupted on two devices after epoch 1, resumed (and finished) on one."""
     try:
@@ -105,24 +97,23 @@ def resume(folder, out):
                       "checkpoint_params": checkpoint.count_params(), "params": model.count_params()}))
 
 
-class DumpWeights(keras.callbacks.Callback):
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
-
-    def on_train_end(self, logs=None):
-        np.savez(self.path, *[keras.ops.convert_to_numpy(w) for w in self.model.weights])
-
-
 def worker(folder, out):
     """One of two workers of a multi-worker run sharing the output folder."""
     if "TF_CONFIG" in os.environ:
         index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     else:
         index = int(os.environ["KERAS_DISTRIBUTION_PROCESS_ID"])
+    seen = {}
+    setup = distribute.setup
+
+    def recording_setup(mode):
+        seen["dist"] = setup(mode)
+        return seen["dist"]
+
+    distribute.setup = recording_setup
     train.fit(superres, tiny_config(folder, distribute="multi_worker", epochs=1), out, verbose=0,
-              extra_callbacks=[DumpWeights(os.path.join(out, f"final_worker{index}.npz"))])
-    print(json.dumps({"worker": index}))
+              extra_callbacks=[DumpWeights(out, f"worker{index}")])
+    print(json.dumps({"worker": index, "replicas": seen["dist"].num_replicas, "chief": seen["dist"].is_chief}))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """NumPy references shared by tests."""
 
+import os
+
 import keras
 import numpy as np
 
@@ -33,3 +35,32 @@ class EpochsSeen(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.seen.append(epoch)
+
+
+class DumpWeights(keras.callbacks.Callback):
+    """Saves the weights when training starts and ends, as `initial_NAME.npz` and `final_NAME.npz` in `folder`."""
+
+    def __init__(self, folder, name):
+        super().__init__()
+        self.folder, self.name = folder, name
+
+    def _dump(self, when):
+        np.savez(os.path.join(self.folder, f"{when}_{self.name}.npz"),
+                 *[keras.ops.convert_to_numpy(w) for w in self.model.weights])
+
+    def on_train_begin(self, logs=None):
+        self._dump("initial")
+
+    def on_train_end(self, logs=None):
+        self._dump("final")
+
+
+def tiny_config(folder, **extra):
+    """A super-resolution config small enough to train in seconds on the `folders` fixture's images."""
+    from kx_vision import config as config_lib
+    from kx_vision.tasks import superres
+
+    assignments = [f"data.train={folder}/train", f"data.val={folder}/val", "data.patch_size=16",
+                   "data.batch_size=4", "model.num_blocks=1", "model.num_filters=8", "epochs=2",
+                   "steps_per_epoch=3", "optimizer.warmup_steps=0"] + [f"{k}={v}" for k, v in extra.items()]
+    return config_lib.load(superres.SuperResConfig, None, assignments)
