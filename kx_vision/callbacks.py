@@ -21,10 +21,7 @@ def _atomic(save, path):
 def save_model_atomic(model, path):
     """`model.save(path)` through a temporary file and `os.replace`, so an interrupted save never
     leaves a truncated file where a good one was."""
-    from kx_vision.distribute import portable_batchnorm
-
-    with portable_batchnorm(model):
-        _atomic(model.save, path)
+    _atomic(model.save, path)
 
 
 def save_weights_atomic(model, path):

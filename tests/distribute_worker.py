@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 if keras.backend.backend() == "tensorflow" and sys.argv[1] != "worker":
@@ -24,62 +23,82 @@ if keras.backend.backend() == "tensorflow" and sys.argv[1] != "worker":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+from tests_helpers import CrashAfterFirstEpoch, DumpWeights, EpochsSeen, tiny_config  # noqa: E402
+
 from kx_vision import distribute, train  # noqa: E402
 from kx_vision.tasks import superres  # noqa: E402
-from tests_helpers import CrashAfterFirstEpoch, DumpWeights, EpochsSeen, tiny_config  # noqa: E402
 
 
 def build(name, upsampling="pixel_shuffle"):
-    from kx_vision.losses import SegmentationLoss
-    from kx_vision.models import EDSR, UNet
     from seg_helpers import tiny_backbone
 
+    from kx_vision.losses import SegmentationLoss
+    from kx_vision.models import EDSR, UNet
+
     if name == "edsr":
-        return EDSR(scale=2, num_blocks=2, num_filters=8), keras.losses.MeanAbsoluteError()
-    return (UNet(num_classes=3, backbone=tiny_backbone(stages=5, width=4), max_filters=8, upsampling=upsampling),
-            SegmentationLoss(3))
+        return EDSR(scale=2, num_blocks=2, num_filters=8), keras.losses.MeanAbsoluteError(), 0.1
+    return (UNet(num_classes=3, backbone=tiny_backbone(stages=5, width=8), max_filters=8, upsampling=upsampling),
+            SegmentationLoss(3), 0.01)
+
+
+def _max_diff(a, b):
+    return max(float(np.abs(u - v).max()) for u, v in zip(a, b))
+
+
+def _norm_diff(a, b):
+    return float(np.sqrt(sum(np.sum((u.astype("float64") - v) ** 2) for u, v in zip(a, b))))
 
 
 def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
-    """The same SGD steps on one device and on two, from the same weights and global batches."""
+    """The same SGD steps on one device and on two (same start, same global batches).
+
+    `relative_diff`: L2 distance between the two runs' final weights over the L2 size of the one-device
+    run's change. On TensorFlow the U-Net is also trained on two devices without BatchNorm synchronisation
+    (`relative_diff_unsynchronized`), the mistake the comparison must catch.
+    """
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     x = rng.random((steps * batch, 32, 32, 3)).astype("float32")
     y = (rng.random((steps * batch, 64, 64, 3)).astype("float32") if name == "edsr"
          else rng.integers(0, 3, (steps * batch, 32, 32, 1)))
-    initial = Path(os.environ["KX_TEST_TMP"]) / f"{name}_initial.weights.h5"
-    found = {}
-    for mode in ("none", "mirrored"):
-        dist = distribute.setup(mode)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    modes = ["none", "mirrored"]
+    if name == "unet" and keras.backend.backend() == "tensorflow":
+        modes.append("unsynchronized")
+    final, replicas, strategies = {}, {}, {}
+    for mode in modes:
+        # One MirroredStrategy for both two-device runs: TensorFlow cannot run a second one's collectives in
+        # the same process.
+        dist = strategies.get("mirrored") or distribute.setup("mirrored" if mode == "unsynchronized" else mode)
+        strategies[mode] = dist
         keras.utils.set_random_seed(0)
         with dist.scope():
-            model, loss = build(name, upsampling)
-            dist.prepare_model(model)
+            model, loss, learning_rate = build(name, upsampling)
+            if mode != "unsynchronized":
+                dist.prepare_model(model)
             if mode == "none":
-                model.save_weights(initial)
-            model.load_weights(initial)
-            model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
-        data = dist.train_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch))
-        model.fit(data, epochs=1, verbose=0, shuffle=False)
-        found[mode] = {w.path: np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights}
-        found[f"{mode}_replicas"] = dist.num_replicas
+                start = [keras.ops.convert_to_numpy(w) for w in model.weights]
+                paths = [w.path for w in model.weights]
+            model.set_weights(start)
+            model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=loss)
+        model.fit(dist.train_dataset(batches), epochs=1, verbose=0, shuffle=False)
+        final[mode] = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        replicas[mode] = dist.num_replicas
+        assert [w.path for w in model.weights] == paths
         distribute.reset()
-    diffs = [float(np.abs(found["mirrored"][k] - v).max()) for k, v in found["none"].items()]
-    moved = [float(np.abs(v - w).max()) for v, w in zip(found["none"].values(), _load(initial, name, upsampling))]
-    return {"replicas": [found["none_replicas"], found["mirrored_replicas"]], "max_diff": max(diffs),
-            "max_update": max(moved), "same_paths": sorted(found["none"]) == sorted(found["mirrored"])}
+    change = _norm_diff(final["none"], start)
+    result = {"replicas": [replicas["none"], replicas["mirrored"]], "max_update": _max_diff(final["none"], start),
+              "max_diff": _max_diff(final["none"], final["mirrored"]),
+              "relative_diff": _norm_diff(final["none"], final["mirrored"]) / change}
+    if "unsynchronized" in final:
+        result["relative_diff_unsynchronized"] = _norm_diff(final["none"], final["unsynchronized"]) / change
+    return result
 
 
 def equivalences(*specs):
     """`equivalence` for several `model[:upsampling]` specs in one process (one backend start-up)."""
     print(json.dumps({spec: equivalence(*spec.split(":")) for spec in specs}))
-
-
-def _load(path, name, upsampling):
-    model, _ = build(name, upsampling)
-    model.load_weights(path)
-    return [keras.ops.convert_to_numpy(w) for w in model.weights]
 
 
 def resume(folder, out):
