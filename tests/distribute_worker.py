@@ -3,7 +3,7 @@ distributed scenario runs in a fresh process with two devices (TensorFlow: two l
 `--xla_force_host_platform_device_count=2`, set by the test) or as one of two workers.
 
     python tests/distribute_worker.py equivalence edsr unet:pixel_shuffle unet:transpose
-    python tests/distribute_worker.py resume DATA_FOLDER OUT
+    python tests/distribute_worker.py resume DATA_FOLDER OUT FIRST_MODE THEN_MODE
     python tests/distribute_worker.py worker DATA_FOLDER OUT   (with TF_CONFIG / KERAS_DISTRIBUTION_*)
 """
 
@@ -101,16 +101,16 @@ def equivalences(*specs):
     print(json.dumps({spec: equivalence(*spec.split(":")) for spec in specs}))
 
 
-def resume(folder, out):
-    """Interrupted on two devices after epoch 1, resumed (and finished) on one."""
+def resume(folder, out, first="mirrored", then="none"):
+    """Interrupted after epoch 1 with `distribute=first`, resumed (and finished) with `distribute=then`."""
     try:
-        train.fit(superres, tiny_config(folder, distribute="mirrored"), out, verbose=0,
+        train.fit(superres, tiny_config(folder, distribute=first), out, verbose=0,
                   extra_callbacks=[CrashAfterFirstEpoch()])
     except KeyboardInterrupt:
         pass
     checkpoint = keras.saving.load_model(os.path.join(out, "checkpoints", "last.keras"))
     epochs = EpochsSeen()
-    model, summary = train.fit(superres, tiny_config(folder, distribute="none"), out, verbose=0,
+    model, summary = train.fit(superres, tiny_config(folder, distribute=then), out, verbose=0,
                                extra_callbacks=[epochs])
     print(json.dumps({"resumed_epochs": epochs.seen, "psnr": summary["psnr"],
                       "checkpoint_params": checkpoint.count_params(), "params": model.count_params()}))

@@ -66,10 +66,11 @@ def test_two_devices_train_like_one(spec, equivalences):
         assert result["relative_diff_unsynchronized"] > 10 * RELATIVE_TOLERANCE, result
 
 
-def test_two_device_run_resumes_on_one_device(folders, tmp_path):
+@pytest.mark.parametrize("first, then", [("mirrored", "none"), ("none", "mirrored")])
+def test_run_resumes_on_another_device_count(first, then, folders, tmp_path):
     out = tmp_path / "run"
-    result = _run(["resume", str(folders), str(out)], _two_devices_env(tmp_path))
-    assert result["resumed_epochs"] == [1]  # epoch 0, trained on two devices, was not trained again
+    result = _run(["resume", str(folders), str(out), first, then], _two_devices_env(tmp_path))
+    assert result["resumed_epochs"] == [1]  # epoch 0, trained with `first`, was not trained again
     assert result["checkpoint_params"] == result["params"]
     assert np.isfinite(result["psnr"])
     assert (out / "model.keras").is_file() and not (out / ".workers").exists()
