@@ -53,7 +53,7 @@ def vgg16_feature_extractor(layer_names, weights="imagenet"):
     vgg.trainable = False
     missing = [n for n in layer_names if n not in {layer.name for layer in vgg.layers}]
     if missing:
-        raise ValueError(f"VGG16 has no layer(s) {missing}; its layers: {[l.name for l in vgg.layers]}")
+        raise ValueError(f"VGG16 has no layer(s) {missing}; its layers: {[layer.name for layer in vgg.layers]}")
     outputs = [vgg.get_layer(n).output for n in layer_names]
     extractor = keras.Model(vgg.input, outputs, name="vgg16_features")
     extractor.trainable = False

@@ -168,7 +168,7 @@ def override(config, assignments):
             value = raw
         node = data
         parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(_unknown_key_message(type(config), key, ""))
             node = node[part]

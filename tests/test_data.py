@@ -22,7 +22,7 @@ def test_decodes_rgb_gray_rgba_palette_and_16bit(tmp_path, rng):
         "rgba": _save(tmp_path / "rgba.png", np.dstack([rgb, np.full((10, 12), 7, np.uint8)])),
     }
     Image.fromarray(rgb).convert("P").save(tmp_path / "pal.png")
-    Image.fromarray((gray.astype(np.uint16) * 257)).save(tmp_path / "g16.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "g16.png")
     np.testing.assert_array_equal(load_image(paths["rgb"]), rgb)
     np.testing.assert_array_equal(load_image(paths["gray"]), np.repeat(gray[..., None], 3, -1))
     np.testing.assert_array_equal(load_image(paths["rgba"]), rgb)
@@ -122,7 +122,7 @@ def test_pipeline_applies_same_transform_to_input_and_target(rng):
     assert found  # at least one patch located
     # Over many patches, all 8 transforms occur.
     ks = set()
-    for lr_b, hr_b in dataset.take(8):
+    for _lr_b, hr_b in dataset.take(8):
         for patch in (hr_b.numpy() * 255).round().astype(np.uint8):
             hit = next(h for h in (_find_dihedral_crop(im, patch) for im in images) if h is not None)
             ks.add(hit[0])

@@ -102,7 +102,7 @@ def test_two_workers_on_localhost_agree(folders, tmp_path):
     finally:
         for w in workers:
             w.kill()
-    for w, (stdout, stderr) in zip(workers, outputs):
+    for w, (_, stderr) in zip(workers, outputs):
         assert w.returncode == 0, stderr[-4000:]
     reports = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
     assert [r["replicas"] for r in reports] == [2, 2] and [r["chief"] for r in reports] == [True, False]

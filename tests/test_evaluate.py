@@ -4,13 +4,13 @@ import os
 import keras
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import shared_dir
+from PIL import Image
+from tests_helpers import numpy_y_psnr
+
 from kx_vision import evaluate, inference
 from kx_vision.data import transforms
 from kx_vision.models import EDSR
-from tests_helpers import numpy_y_psnr
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from seg_helpers import tiny_backbone
 
 from kx_vision.export import export_model, main
 from kx_vision.models import EDSR, StyleTransferNet, UNet
-from seg_helpers import tiny_backbone
 
 tf = pytest.importorskip("tensorflow")  # SavedModel export needs TensorFlow on either backend
 

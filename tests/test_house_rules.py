@@ -23,9 +23,7 @@ def test_keras_ops_only(part):
 
 
 def test_public_objects_are_registered():
-    from kx_vision import layers, losses, metrics, models
-
-    from kx_vision import optimizers
+    from kx_vision import layers, losses, metrics, models, optimizers
 
     for obj in [layers.PixelShuffle, layers.ResidualBlock, layers.ICNR, layers.PadToMultiple, layers.CropLike,
                 layers.ImagePreprocessing, layers.ReflectionPadding2D, models.EDSR, models.UNet,

@@ -3,7 +3,6 @@ import json
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from kx_vision.lr_finder import LRFinder, find_lr, save_plot, suggest_lr
 

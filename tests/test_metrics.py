@@ -2,12 +2,10 @@ import numpy as np
 import pytest
 from keras import ops
 from numpy.lib.stride_tricks import sliding_window_view
-
-from kx_vision.metrics import PSNR, SSIM, psnr, rgb_to_y, ssim
-
-
 from tests_helpers import numpy_y
 from tests_helpers import numpy_y_psnr as numpy_psnr
+
+from kx_vision.metrics import PSNR, SSIM, psnr, rgb_to_y, ssim
 
 
 def numpy_ssim(a, b):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pytest
-
 import parity_cases
+import pytest
 
 # The suite runs once per CI, from the TensorFlow run: every case executes on TensorFlow here and on JAX
 # in the subprocess, and `.keras` files cross in both directions (TF -> JAX, then JAX -> TF).

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, shared_dir
+
 from kx_vision import config as config_lib
 from kx_vision.data.masks import load_pairs
 from kx_vision.tasks import segmentation

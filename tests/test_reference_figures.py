@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import shared_dir
+
 from kx_vision.data import transforms
 from kx_vision.data.images import list_images, load_images
 from kx_vision.metrics import psnr

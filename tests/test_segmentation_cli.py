@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from keras import ops
 from PIL import Image
+from seg_helpers import tiny_backbone
 
 from kx_vision import config as config_lib
 from kx_vision import evaluate, predict, train
 from kx_vision.models import UNet
 from kx_vision.tasks import segmentation
-from seg_helpers import tiny_backbone
 
 pytest.importorskip("tensorflow")  # the tf.data pipeline
 SAMPLE = segmentation.SAMPLE_DIR

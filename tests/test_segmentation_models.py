@@ -2,10 +2,10 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from seg_helpers import symbolic, tiny_backbone
 
 from kx_vision.backbones import build_backbone, find_skip_layers
 from kx_vision.models import UNet, UpsampleHeadNet
-from seg_helpers import symbolic, tiny_backbone
 
 EXPECTED_SKIPS = {
     "resnet50": ["conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"],

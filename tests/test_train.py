@@ -5,11 +5,11 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
 from kx_vision import config as config_lib
 from kx_vision import train
 from kx_vision.tasks import superres
-from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
 pytest.importorskip("tensorflow")  # the tf.data pipeline
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from kx_vision.data import transforms
 
-
 PIPELINES = ("auto", "tf_data", "numpy")
 
 

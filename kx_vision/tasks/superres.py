@@ -111,7 +111,8 @@ def build_data(config):
         train_images = [image for image in loaded if min(image.shape[:2]) >= config.data.patch_size]
         if len(train_images) < len(loaded):
             warnings.warn(f"skipped {len(loaded) - len(train_images)} of {len(loaded)} training images smaller "
-                          f"than the {config.data.patch_size}x{config.data.patch_size} patch (data.skip_small)")
+                          f"than the {config.data.patch_size}x{config.data.patch_size} patch (data.skip_small)",
+                          stacklevel=2)
         if not train_images:
             from kx_vision.errors import DataError
 
