@@ -200,13 +200,13 @@ def _setup_tensorflow(mode):
     if mode == "none":
         return Distribution("none")
     if mode == "mirrored":
-        devices = _accelerators() or tf.config.list_logical_devices("CPU")
-        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+        devices = tuple(d.name for d in _accelerators() or tf.config.list_logical_devices("CPU"))
+        strategy = _cached_strategy(("mirrored", devices), lambda: tf.distribute.MirroredStrategy(list(devices)))
         return Distribution(mode, strategy.num_replicas_in_sync, strategy=strategy)
     if not os.environ.get("TF_CONFIG"):
         raise ConfigError("distribute=multi_worker on TensorFlow needs TF_CONFIG (the cluster's workers and "
                           "this worker's index); see the README's 'Several GPUs and hosts'")
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = _cached_strategy(("multi_worker", os.environ["TF_CONFIG"]), tf.distribute.MultiWorkerMirroredStrategy)
     resolver = strategy.cluster_resolver
     cluster = resolver.cluster_spec().as_dict()
     # TensorFlow's convention: the "chief" task if the cluster names one, else worker 0. Number the
@@ -218,6 +218,18 @@ def _setup_tensorflow(mode):
     workers = sum(len(tasks) for kind, tasks in cluster.items() if kind in ("chief", "worker"))
     return Distribution(mode, strategy.num_replicas_in_sync, worker_index=index, num_workers=workers,
                         strategy=strategy)
+
+
+_STRATEGIES = {}
+
+
+def _cached_strategy(key, make):
+    """One strategy per device set and process, reused by later runs: TensorFlow cannot run the collectives
+    of a second MirroredStrategy in a process that ran a first one (the second run's first all-reduce fails),
+    and a MultiWorkerMirroredStrategy may only be created once."""
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = make()
+    return _STRATEGIES[key]
 
 
 class _KerasMultiWorkerFixes:

@@ -41,17 +41,23 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture
-def folders(tmp_path, rng):
-    """Small real-looking images in train/ (3) and val/ (1): smooth gradients plus texture, so there is
-    something to learn."""
+def make_image_folders(root, rng=None):
+    """Small real-looking images in `root`/train (3) and `root`/val (1): smooth gradients plus texture, so
+    there is something to learn. Returns `root`."""
     from PIL import Image
 
+    rng = np.random.default_rng(0) if rng is None else rng
     for split, count in (("train", 3), ("val", 1)):
-        (tmp_path / split).mkdir()
+        (root / split).mkdir(parents=True)
         for i in range(count):
             yy, xx = np.mgrid[0:40, 0:36]
             base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 4), np.sin((xx + yy) / 5)], -1)
             image = ((base * 0.4 + 0.5 + rng.normal(0, 0.03, base.shape)).clip(0, 1) * 255).astype(np.uint8)
-            Image.fromarray(image).save(tmp_path / split / f"{i}.png")
-    return tmp_path
+            Image.fromarray(image).save(root / split / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def folders(tmp_path, rng):
+    """`make_image_folders` in the test's temporary folder."""
+    return make_image_folders(tmp_path, rng)

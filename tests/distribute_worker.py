@@ -2,8 +2,8 @@
 distributed scenario runs in a fresh process with two devices (TensorFlow: two logical CPUs; JAX:
 `--xla_force_host_platform_device_count=2`, set by the test) or as one of two workers.
 
-    python tests/distribute_worker.py equivalence edsr unet:pixel_shuffle unet:transpose
-    python tests/distribute_worker.py resume DATA_FOLDER OUT FIRST_MODE THEN_MODE
+    python tests/distribute_worker.py equivalence edsr unet:pixel_shuffle
+    python tests/distribute_worker.py resume DATA_FOLDER OUT
     python tests/distribute_worker.py worker DATA_FOLDER OUT   (with TF_CONFIG / KERAS_DISTRIBUTION_*)
 """
 
@@ -50,7 +50,8 @@ def _norm_diff(a, b):
 
 
 def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
-    """The same SGD steps on one device and on two (same start, same global batches).
+    """The same SGD steps on one device and on two (same start, same global batches), in the dtype
+    `KX_TEST_DTYPE` names (default float32).
 
     `relative_diff`: L2 distance between the two runs' final weights over the L2 size of the one-device
     run's change. On TensorFlow the U-Net is also trained on two devices without BatchNorm synchronisation
@@ -62,16 +63,17 @@ def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
     x = rng.random((steps * batch, 32, 32, 3)).astype("float32")
     y = (rng.random((steps * batch, 64, 64, 3)).astype("float32") if name == "edsr"
          else rng.integers(0, 3, (steps * batch, 32, 32, 1)))
-    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
     modes = ["none", "mirrored"]
     if name == "unet" and keras.backend.backend() == "tensorflow":
         modes.append("unsynchronized")
-    final, replicas, strategies = {}, {}, {}
+    dtype = os.environ.get("KX_TEST_DTYPE", "float32")
+    keras.config.set_dtype_policy(dtype)
+    x = x.astype(dtype)
+    y = y.astype(dtype) if name == "edsr" else y
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    final, replicas = {}, {}
     for mode in modes:
-        # One MirroredStrategy for both two-device runs: TensorFlow cannot run a second one's collectives in
-        # the same process.
-        dist = strategies.get("mirrored") or distribute.setup("mirrored" if mode == "unsynchronized" else mode)
-        strategies[mode] = dist
+        dist = distribute.setup("mirrored" if mode == "unsynchronized" else mode)
         keras.utils.set_random_seed(0)
         with dist.scope():
             model, loss, learning_rate = build(name, upsampling)
@@ -81,7 +83,7 @@ def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
                 start = [keras.ops.convert_to_numpy(w) for w in model.weights]
                 paths = [w.path for w in model.weights]
             model.set_weights(start)
-            model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=loss)
+            model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=loss, jit_compile=False)  # faster here
         model.fit(dist.train_dataset(batches), epochs=1, verbose=0, shuffle=False)
         final[mode] = [keras.ops.convert_to_numpy(w) for w in model.weights]
         replicas[mode] = dist.num_replicas
@@ -101,7 +103,14 @@ def equivalences(*specs):
     print(json.dumps({spec: equivalence(*spec.split(":")) for spec in specs}))
 
 
-def resume(folder, out, first="mirrored", then="none"):
+def resumes(folder, out):
+    """`resume` both ways: from two devices to one, and from one to two (one run of TensorFlow's
+    MirroredStrategy after another in the same process, as a notebook would)."""
+    print(json.dumps({f"{first}-{then}": resume(folder, os.path.join(out, f"{first}-{then}"), first, then)
+                      for first, then in (("mirrored", "none"), ("none", "mirrored"))}))
+
+
+def resume(folder, out, first, then):
     """Interrupted after epoch 1 with `distribute=first`, resumed (and finished) with `distribute=then`."""
     try:
         train.fit(superres, tiny_config(folder, distribute=first), out, verbose=0,
@@ -112,8 +121,8 @@ def resume(folder, out, first="mirrored", then="none"):
     epochs = EpochsSeen()
     model, summary = train.fit(superres, tiny_config(folder, distribute=then), out, verbose=0,
                                extra_callbacks=[epochs])
-    print(json.dumps({"resumed_epochs": epochs.seen, "psnr": summary["psnr"],
-                      "checkpoint_params": checkpoint.count_params(), "params": model.count_params()}))
+    return {"resumed_epochs": epochs.seen, "psnr": summary["psnr"], "checkpoint_params": checkpoint.count_params(),
+            "params": model.count_params()}
 
 
 def worker(folder, out):
@@ -137,4 +146,4 @@ def worker(folder, out):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"equivalence": equivalences, "resume": resume, "worker": worker}[command](*args)
+    {"equivalence": equivalences, "resume": resumes, "worker": worker}[command](*args)
