@@ -37,7 +37,7 @@ def build(name, upsampling="pixel_shuffle"):
 
     if name == "edsr":
         return EDSR(scale=2, num_blocks=2, num_filters=8), keras.losses.MeanAbsoluteError(), 0.1
-    return (UNet(num_classes=3, backbone=tiny_backbone(stages=5, width=8), max_filters=8, upsampling=upsampling),
+    return (UNet(num_classes=3, backbone=tiny_backbone(stages=3, width=8), max_filters=8, upsampling=upsampling),
             SegmentationLoss(3), 0.01)
 
 
