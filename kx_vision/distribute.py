@@ -282,7 +282,7 @@ class _KerasMultiWorkerFixes:
                 return original(values, strategy, reduction)
 
             def reduce(value):
-                if _rank(strategy, value) == 0:
+                if _first_replica(strategy, value).shape.rank == 0:
                     return strategy.reduce("MEAN", value, axis=None)
                 return original(value, strategy, reduction)
 
@@ -292,15 +292,15 @@ class _KerasMultiWorkerFixes:
         cls._patched = True
 
 
+def _first_replica(strategy, value):
+    """This worker's first replica's part of a per-replica value (the value itself for a plain tensor)."""
+    return strategy.experimental_local_results(value)[0]
+
+
 def _one_replica(strategy, batch):
     from keras.src import tree
 
-    return tree.map_structure(
-        lambda v: strategy.experimental_local_results(v)[0] if v is not None else None, batch)
-
-
-def _rank(strategy, value):
-    return strategy.experimental_local_results(value)[0].shape.rank
+    return tree.map_structure(lambda v: None if v is None else _first_replica(strategy, v), batch)
 
 
 def _setup_jax(mode):

@@ -59,17 +59,15 @@ def equivalence(name, upsampling="pixel_shuffle", steps=3, batch=4):
     """
     import tensorflow as tf
 
+    dtype = os.environ.get("KX_TEST_DTYPE", "float32")
+    keras.config.set_dtype_policy(dtype)
     rng = np.random.default_rng(0)
-    x = rng.random((steps * batch, 32, 32, 3)).astype("float32")
-    y = (rng.random((steps * batch, 64, 64, 3)).astype("float32") if name == "edsr"
+    x = rng.random((steps * batch, 32, 32, 3)).astype("float32").astype(dtype)
+    y = (rng.random((steps * batch, 64, 64, 3)).astype("float32").astype(dtype) if name == "edsr"
          else rng.integers(0, 3, (steps * batch, 32, 32, 1)))
     modes = ["none", "mirrored"]
     if name == "unet" and keras.backend.backend() == "tensorflow":
         modes.append("unsynchronized")
-    dtype = os.environ.get("KX_TEST_DTYPE", "float32")
-    keras.config.set_dtype_policy(dtype)
-    x = x.astype(dtype)
-    y = y.astype(dtype) if name == "edsr" else y
     batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
     final, replicas = {}, {}
     for mode in modes:

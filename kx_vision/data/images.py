@@ -80,17 +80,18 @@ def load_image(path):
         raise DataError(f"{path}: {error}") from error
 
 
-def load_images(paths, min_size=None, what="image"):
+def load_images(paths, min_size=None, what="image", skip_small=False):
     """Decode many files, skipping unreadable ones with a warning (counted and reported).
 
     Args:
         paths: image files.
-        min_size: if given, an image with a side shorter than this raises `DataError` naming it.
+        min_size: if given, an image with a side shorter than this raises `DataError` naming it
+            (or, with `skip_small`, is skipped and counted in a warning).
         what: word used in messages ("training image", ...).
     Returns:
         (arrays, kept_paths).
     """
-    arrays, kept, skipped = [], [], []
+    arrays, kept, skipped, small = [], [], [], []
     for path in paths:
         try:
             array = load_image(path)
@@ -99,6 +100,9 @@ def load_images(paths, min_size=None, what="image"):
             skipped.append(path)
             continue
         if min_size is not None and min(array.shape[:2]) < min_size:
+            if skip_small:
+                small.append(path)
+                continue
             raise DataError(
                 f"{what} {path} is {array.shape[1]}x{array.shape[0]}, smaller than the "
                 f"{min_size}x{min_size} patch size; remove it or lower the patch size"
@@ -107,6 +111,11 @@ def load_images(paths, min_size=None, what="image"):
         kept.append(path)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable {what} file(s) of {len(paths)}", stacklevel=2)
+    if small:
+        warnings.warn(f"skipped {len(small)} of {len(paths)} {what}s smaller than the {min_size}x{min_size} "
+                      "patch", stacklevel=2)
+    if not arrays and small and len(small) + len(skipped) == len(paths):
+        raise DataError(f"no {what} is at least {min_size} pixels on its short side")
     if not arrays:
         raise DataError(f"none of the {len(paths)} {what} file(s) could be read (first: {paths[0]})")
     return arrays, kept

@@ -104,9 +104,9 @@ def pairs_dataset(pairs):
     return dataset.apply(tf.data.experimental.assert_cardinality(len(pairs)))
 
 
-def load_folders(folders, min_size=None, what="image"):
-    """Decode every image in `folders` (see `kx_vision.data.images`)."""
-    images, _ = load_images(list_images(folders), min_size=min_size, what=what)
+def load_folders(folders, min_size=None, what="image", skip_small=False):
+    """Decode every image in `folders` (see `kx_vision.data.images.load_images`)."""
+    images, _ = load_images(list_images(folders), min_size=min_size, what=what, skip_small=skip_small)
     return images
 
 

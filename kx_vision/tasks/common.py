@@ -2,7 +2,9 @@
 
 import dataclasses
 
+from kx_vision import distribute
 from kx_vision.config import option
+from kx_vision.data import arrays
 
 
 @dataclasses.dataclass
@@ -22,7 +24,7 @@ class OptimizerConfig:
 # Options every task has; called once per config class (a dataclass field object cannot be shared).
 def distribute_option():
     return option("auto", "data-parallel training: none, mirrored (this host's devices), multi_worker "
-                  "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=("auto", "none", "mirrored", "multi_worker"))
+                  "(TF_CONFIG / KERAS_DISTRIBUTION_*), auto", choices=distribute.MODES)
 
 
 def precision_option():
@@ -33,4 +35,4 @@ def precision_option():
 
 def pipeline_option():
     return option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
-                  "or auto (tf_data where TensorFlow is installed)", choices=("auto", "tf_data", "numpy"))
+                  "or auto (tf_data where TensorFlow is installed)", choices=arrays.PIPELINES)

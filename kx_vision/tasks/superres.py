@@ -104,23 +104,8 @@ def build_data(config):
     from kx_vision.data import superres as sr_data  # imports TensorFlow only where it is installed
 
     pipeline = arrays.resolve_pipeline(config.data.pipeline)
-    if config.data.skip_small:
-        import warnings
-
-        loaded = sr_data.load_folders(config.data.train, what="training image")
-        train_images = [image for image in loaded if min(image.shape[:2]) >= config.data.patch_size]
-        if len(train_images) < len(loaded):
-            warnings.warn(f"skipped {len(loaded) - len(train_images)} of {len(loaded)} training images smaller "
-                          f"than the {config.data.patch_size}x{config.data.patch_size} patch (data.skip_small)",
-                          stacklevel=2)
-        if not train_images:
-            from kx_vision.errors import DataError
-
-            raise DataError(f"no training image is at least {config.data.patch_size} pixels on its short side")
-    else:
-        train_images = sr_data.load_folders(
-            config.data.train, min_size=config.data.patch_size, what="training image"
-        )
+    train_images = sr_data.load_folders(config.data.train, min_size=config.data.patch_size,
+                                        what="training image", skip_small=config.data.skip_small)
     val_images = sr_data.load_folders(config.data.val, what="validation image")
     pairs = sr_data.validation_pairs(val_images, config.scale)
     if pipeline == "numpy":
