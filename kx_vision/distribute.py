@@ -206,6 +206,7 @@ def _setup_tensorflow(mode):
     if not os.environ.get("TF_CONFIG"):
         raise ConfigError("distribute=multi_worker on TensorFlow needs TF_CONFIG (the cluster's workers and "
                           "this worker's index); see the README's 'Several GPUs and hosts'")
+    _check_tf_config(os.environ["TF_CONFIG"])
     strategy = _cached_strategy(("multi_worker", os.environ["TF_CONFIG"]), tf.distribute.MultiWorkerMirroredStrategy)
     resolver = strategy.cluster_resolver
     cluster = resolver.cluster_spec().as_dict()
@@ -218,6 +219,24 @@ def _setup_tensorflow(mode):
     workers = sum(len(tasks) for kind, tasks in cluster.items() if kind in ("chief", "worker"))
     return Distribution(mode, strategy.num_replicas_in_sync, worker_index=index, num_workers=workers,
                         strategy=strategy)
+
+
+def _check_tf_config(text):
+    """One clear error for a TF_CONFIG that TensorFlow would reject deep inside its cluster resolver."""
+    import json
+
+    example = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}')
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({error}); expected e.g. {example}") from None
+    cluster, task = (config.get("cluster"), config.get("task")) if isinstance(config, dict) else (None, None)
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ConfigError(f"TF_CONFIG needs a 'cluster' and a 'task' object; expected e.g. {example}")
+    tasks = cluster.get(task.get("type"))
+    index = task.get("index")
+    if not isinstance(tasks, list) or not isinstance(index, int) or not 0 <= index < len(tasks):
+        raise ConfigError(f"TF_CONFIG's task {task} is not one of its cluster's tasks {cluster}")
 
 
 _STRATEGIES = {}

@@ -153,6 +153,13 @@ def test_bad_distribute_settings_are_explained(folders, tmp_path, monkeypatch):
         monkeypatch.delenv("TF_CONFIG", raising=False)
         with pytest.raises(ConfigError, match="needs TF_CONFIG"):
             distribute.setup("multi_worker")
+        for bad, message in [("{'cluster': 1}", "not valid JSON"), ('{"cluster": {}}', "needs a 'cluster' and a 'task'"),
+                             ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+                              "is not one of its cluster's tasks")]:
+            monkeypatch.setenv("TF_CONFIG", bad)
+            with pytest.raises(ConfigError, match=message):
+                distribute.setup("multi_worker")
+        monkeypatch.delenv("TF_CONFIG")
         # tests run TensorFlow over two logical CPUs (conftest): a global batch of 3 cannot split
         config = config_lib.load(superres.SuperResConfig, None, [
             f"data.train={folders / 'train'}", f"data.val={folders / 'val'}", "data.batch_size=3",
