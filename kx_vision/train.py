@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -31,15 +32,39 @@ def task_module(name):
     return importlib.import_module(TASKS[name])
 
 
-def build_optimizer(config, total_steps):
-    """Adam (kx_vision's, with per-group rates) with the configured learning-rate schedule."""
+def time_schedule(config):
+    """The configured learning-rate schedule as a function of the fraction of a time budget spent
+    (and of the step, for the warm-up): what `callbacks.TimeBudget` applies with `time_budget`."""
+    from kx_vision.optimizers import one_cycle
+
+    opt = config.optimizer
+    if opt.schedule == "constant":
+        return lambda fraction, step: opt.learning_rate
+    if opt.schedule == "one_cycle":
+        resolution = 10_000  # the schedule evaluated on a grid of fractions of the budget
+        schedule, _ = one_cycle(opt.learning_rate, resolution, pct_start=opt.pct_start)
+        return lambda fraction, step: float(schedule(fraction * resolution))
+
+    def cosine(fraction, step):  # as keras's CosineDecay(alpha=0.01) with a linear warm-up, over time
+        if step < opt.warmup_steps:
+            return opt.learning_rate * step / opt.warmup_steps
+        return opt.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * fraction)))
+
+    return cosine
+
+
+def build_optimizer(config, total_steps, timed=False):
+    """Adam (kx_vision's, with per-group rates) with the configured learning-rate schedule; with
+    `timed`, a plain rate that `callbacks.TimeBudget` moves along the schedule as time passes."""
     import keras
 
     from kx_vision.optimizers import Adam, one_cycle
 
     opt = config.optimizer
     learning_rate, beta_1_schedule = opt.learning_rate, None
-    if opt.schedule == "cosine":
+    if timed:
+        learning_rate = time_schedule(config)(0.0, 0)
+    elif opt.schedule == "cosine":
         warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else opt.learning_rate,
@@ -145,7 +170,7 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
 def _fit(task, config, output, dist, verbose, extra_callbacks):
     import keras
 
-    from kx_vision.callbacks import AtomicModelCheckpoint, save_model_atomic, save_weights_atomic
+    from kx_vision.callbacks import AtomicModelCheckpoint, TimeBudget, save_model_atomic, save_weights_atomic
 
     dist.check_batch_size(config.data.batch_size)
     os.makedirs(output, exist_ok=True)
@@ -173,6 +198,19 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
     # folder (removed when they finish) that also holds the backup they resume from.
     scratch = output if dist.is_chief else os.path.join(output, ".workers", f"worker{dist.worker_index}")
     backup = os.path.join(scratch, "backup")
+    budget = None
+    if config.time_budget is not None:
+        if config.time_budget <= 0:
+            raise ConfigError(f"config key 'time_budget' must be > 0 seconds, got {config.time_budget}")
+        if dist.num_workers > 1:
+            raise ConfigError("config key 'time_budget' cannot be used with several workers (each would stop "
+                              "at another step); train for a number of epochs instead")
+        budget = TimeBudget(config.time_budget, state_path=os.path.join(backup, "time_budget.json"))
+        print(f"time budget: {config.time_budget:g} s of training steps (compilation and validation not "
+              f"counted), at most {config.epochs} epochs of {data['steps_per_epoch']} steps")
+        if config.optimizer.schedule == "one_cycle" and config.optimizer.cycle_momentum:
+            print("time budget: optimizer.cycle_momentum is not applied (beta_1 stays constant); "
+                  "the one-cycle rate follows the clock")
     for name, first, last in phases:
         done_marker = os.path.join(scratch, f"phase_{name}.weights.h5")
         if name != phases[-1][0] and os.path.isfile(done_marker):
@@ -186,9 +224,13 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
             trained = [layer.name for layer in model.layers if layer.weights and layer.name not in frozen]
             shown = ", ".join(trained) if len(trained) <= 6 else f"{len(trained)} layers"
             print(f"epochs {first + 1}-{last}: training only {shown} ({', '.join(frozen)} frozen)")
+        timed = budget is not None and name == phases[-1][0]
+        if budget is not None:
+            # Frozen phases keep their step schedule; the last phase's rate spans what is left of the budget.
+            budget.start_phase(name, time_schedule(config) if timed else None)
         with dist.scope():
             model.compile(
-                optimizer=build_optimizer(config, (last - first) * data["steps_per_epoch"]),
+                optimizer=build_optimizer(config, (last - first) * data["steps_per_epoch"], timed=timed),
                 loss=task.build_loss(config),
                 metrics=task.build_metrics(config),
                 jit_compile="auto" if config.jit_compile is None else config.jit_compile,
@@ -204,6 +246,8 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
             # Keras's TensorBoard callback writes through TensorFlow's summary API.
             if all(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorflow")):
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
+        if budget is not None:
+            callbacks.append(budget)  # last: its state file is written after the epoch's checkpoints
         callbacks.extend(extra_callbacks)
         model.fit(
             data["train"],
@@ -217,6 +261,8 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
         )
         if name != phases[-1][0]:
             save_weights_atomic(model, done_marker)
+        if budget is not None and budget.exhausted:
+            break
 
     final = os.path.join(scratch, "model.keras")
     save_model_atomic(model, final)
@@ -236,9 +282,24 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
         model = load_model(final)
     message, summary = task.report(model, data, config)
     print(message)
+    if budget is not None:
+        summary.update(budget.summary())
+        print(_budget_message(budget, config))
+        with contextlib.suppress(OSError):
+            os.remove(budget.state_path)
     with open(os.path.join(output, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return model, summary
+
+
+def _budget_message(budget, config):
+    step_ms = 1000 * budget.spent / max(budget.timed_steps, 1)
+    message = (f"time budget: {budget.spent:.1f} s of training in {budget.steps} steps ({step_ms:.2f} ms/step); "
+               f"compilation and first batches {budget.startup_seconds:.1f} s, not counted")
+    if not budget.exhausted:
+        message += (f"; stopped by epochs={config.epochs} with {budget.budget - budget.spent:.1f} s of the budget "
+                    "left (raise epochs to use it all)")
+    return message
 
 
 def _parser():

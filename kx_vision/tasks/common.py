@@ -36,3 +36,9 @@ def precision_option():
 def pipeline_option():
     return option("auto", "input pipeline: tf_data, numpy (keras.utils.PyDataset, no TensorFlow needed) "
                   "or auto (tf_data where TensorFlow is installed)", choices=arrays.PIPELINES)
+
+
+def time_budget_option():
+    return option(None, "train for this many seconds of training steps (compilation, validation and "
+                  "checkpoints not counted), the learning-rate schedule stretched over the time; epochs "
+                  "is then an upper bound (null: train for epochs x steps_per_epoch)")

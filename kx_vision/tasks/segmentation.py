@@ -8,7 +8,12 @@ import numpy as np
 from kx_vision import losses, metrics
 from kx_vision.config import option
 from kx_vision.errors import ConfigError
-from kx_vision.tasks.common import OptimizerConfig, distribute_option, precision_option
+from kx_vision.tasks.common import (
+    OptimizerConfig,
+    distribute_option,
+    precision_option,
+    time_budget_option,
+)
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample", "camvid")
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -51,6 +56,7 @@ class SegmentationConfig:
     ignore_class: int | None = option(11, "mask value excluded from loss and metrics (CamVid void: 11), or null")
     class_names: list[str] = option(CAMVID_CLASSES, "names of the classes, for reports")
     epochs: int = option(30, "training epochs (one pass over the training images each)")
+    time_budget: float | None = time_budget_option()
     freeze_backbone_epochs: int = option(0, "first epochs train with the layers of freeze_layers frozen (BN statistics too)")
     freeze_layers: list[str] = option(["backbone"], "prefixes of the (top-level) layer names frozen in those epochs")
     seed: int = option(0, "seed of initialisation, shuffling and augmentation")

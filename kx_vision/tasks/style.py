@@ -7,7 +7,13 @@ import numpy as np
 
 from kx_vision.config import option
 from kx_vision.errors import ConfigError
-from kx_vision.tasks.common import OptimizerConfig, distribute_option, pipeline_option, precision_option
+from kx_vision.tasks.common import (
+    OptimizerConfig,
+    distribute_option,
+    pipeline_option,
+    precision_option,
+    time_budget_option,
+)
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
 
@@ -42,6 +48,7 @@ class LossConfig:
 class StyleConfig:
     style_image: str | None = option(None, "the style image (required), e.g. ../shared/data/style/starry_night.jpg")
     epochs: int = option(4, "training epochs")
+    time_budget: float | None = time_budget_option()
     steps_per_epoch: int = option(100, "steps per epoch")
     seed: int = option(0, "seed")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto')")

@@ -10,7 +10,13 @@ from kx_vision import losses, metrics
 from kx_vision.config import option
 from kx_vision.data import transforms
 from kx_vision.models import EDSR
-from kx_vision.tasks.common import OptimizerConfig, distribute_option, pipeline_option, precision_option
+from kx_vision.tasks.common import (
+    OptimizerConfig,
+    distribute_option,
+    pipeline_option,
+    precision_option,
+    time_budget_option,
+)
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
 
@@ -46,6 +52,7 @@ class LossConfig:
 class SuperResConfig:
     scale: int = option(2, "upscaling factor", choices=(2, 3, 4, 8))
     epochs: int = option(8, "training epochs")
+    time_budget: float | None = time_budget_option()
     steps_per_epoch: int = option(200, "training steps per epoch")
     seed: int = option(0, "seed of weight initialisation and patch sampling")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
