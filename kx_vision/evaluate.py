@@ -64,16 +64,17 @@ def _load_tfds(spec, limit=None):
 
 
 def resolve_model(name_or_path, scale):
-    """`(predict_fn, scale)` for `bicubic` or a `.keras` file (its scale must agree with `scale`)."""
+    """`(predict_fn, scale)` for `bicubic`, a `.keras` file, a preset directory or a preset name (its scale
+    must agree with `scale`)."""
     from kx_vision import inference
 
     if name_or_path == "bicubic":
         if scale is None:
             raise KxVisionError("--scale is required with --model bicubic")
         return inference.bicubic(scale), scale
-    from kx_vision.models.loading import load_model
+    from kx_vision.models.loading import load_model_or_preset
 
-    model = load_model(name_or_path)
+    model = load_model_or_preset(name_or_path)
     model_scale = getattr(model, "scale", None)
     if scale is not None and model_scale is not None and scale != model_scale:
         raise KxVisionError(f"{name_or_path} is a x{model_scale} model but --scale is {scale}")
@@ -121,7 +122,8 @@ def _parser():
     parser = argparse.ArgumentParser(prog="python -m kx_vision.evaluate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     p = sub.add_parser("superres", help="Y-PSNR / Y-SSIM / RGB-PSNR of a super-resolution model")
-    p.add_argument("--model", required=True, help="a .keras model file, or 'bicubic'")
+    p.add_argument("--model", required=True,
+                   help="a .keras model file, a preset directory or name (edsr_baseline_x2), or 'bicubic'")
     p.add_argument("--data", required=True, help="image folder(s), comma-separated, or tfds:NAME[:SPLIT]")
     p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's)")
     p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+)")

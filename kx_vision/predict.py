@@ -185,7 +185,8 @@ def _parser():
     parser = argparse.ArgumentParser(prog="python -m kx_vision.predict", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     p = sub.add_parser("superres", help="super-resolve image files")
-    _add_io_arguments(p, "a .keras super-resolution model, or 'bicubic'")
+    _add_io_arguments(p, "a .keras super-resolution model, a preset directory or name (edsr_baseline_x2), "
+                         "or 'bicubic'")
     p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's)")
     p.add_argument("--tile", type=int, default=256, help="tile side in input pixels (0: no tiling)")
     p.add_argument("--overlap", type=int, default=64, help="overlap between tiles in input pixels")

@@ -5,6 +5,7 @@ import math
 import keras
 
 from kx_vision.layers import ResidualBlock, apply_pixel_shuffle_upsample
+from kx_vision.models import presets
 
 # Mean RGB of DIV2K in [0, 1], subtracted at the input and added back at the output as in the
 # EDSR reference code (its `MeanShift`), so the network works on roughly zero-centred images.
@@ -109,3 +110,20 @@ class EDSR(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    # === Presets ===
+    @classmethod
+    def from_preset(cls, preset):
+        """An EDSR with pretrained weights: a preset name shipped in the package (`edsr_baseline_x2`,
+        `edsr_baseline_x4`; see `kx_vision.models.presets`) or a preset directory written by
+        `save_to_preset`. Weights load as float32 whatever dtype they were stored in.
+
+        >>> model = EDSR.from_preset("runs/edsr_x2_preset")  # doctest: +SKIP
+        """
+        return presets.load(preset, cls)
+
+    def save_to_preset(self, directory, dtype="float32", card=None, overwrite=False):
+        """Write this model as a preset folder (`config.json`, `model.weights.h5`, `metadata.json`, and a
+        `README.md` model card from `card`), atomically; `dtype="float16"` halves the weights file.
+        Returns the folder's absolute path. See `kx_vision.models.presets.save`."""
+        return presets.save(self, directory, dtype=dtype, card=card, overwrite=overwrite)

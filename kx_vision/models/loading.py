@@ -1,4 +1,4 @@
-"""Loading saved models safely, and moving weights between models by layer name."""
+"""Loading saved models and presets safely, and moving weights between models by layer name."""
 
 import os
 
@@ -24,6 +24,23 @@ def load_model(path):
                 "safe_mode on"
             ) from error
         raise KxVisionError(f"cannot load model {path}: {type(error).__name__}: {error}") from error
+
+
+def load_model_or_preset(spec):
+    """A model for inference from `spec`: a `.keras` file (`load_model`), a preset directory, or the name of a
+    preset shipped in the package (`kx_vision.models.presets`; a known name is looked up first, so a local
+    folder of that name is reached as `./NAME`)."""
+    from kx_vision.models import presets
+
+    spec = os.fspath(spec)
+    if os.path.isfile(spec) or spec.endswith(".keras"):
+        return load_model(spec)
+    if spec in presets.PRESETS or os.path.isdir(spec):
+        return presets.load(spec)
+    raise KxVisionError(
+        f"model {spec!r} is not a .keras file, a preset directory, or a known preset "
+        f"({', '.join(presets.known_presets())})"
+    )
 
 
 def transfer_weights(source, target):

@@ -1,0 +1,374 @@
+"""Pretrained presets: a model's config and weights in a folder, in keras-hub's preset layout.
+
+A preset folder holds
+
+- `config.json`: the Keras serialized model (`keras.saving.serialize_keras_object`, without its build and
+  compile state), so the model is rebuilt from its constructor arguments;
+- `model.weights.h5`: its weights (`model.save_weights`), float32 or float16 (loaded back to float32);
+- `metadata.json`: kx_vision and Keras versions, backend, parameter count, date, weight dtype, and the model
+  card's facts (`card`: training command, data, device, minutes, measured scores);
+- `README.md`: the model card, written from the same facts.
+
+`EDSR.from_preset(name_or_dir)` loads a preset shipped in the package by name (`PRESETS`; the files live in
+`kx_vision/presets/<name>/`) or any preset folder; `model.save_to_preset(dir)` writes one, atomically.
+A shipped preset must carry the scores measured with its own weights (`shipped_card_problems`); until GPU-trained
+weights exist none ships, and asking for one by name says so.
+"""
+
+import datetime
+import json
+import os
+import shutil
+
+import keras
+
+from kx_vision.errors import KxVisionError, WeightsUnavailableError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+README_FILE = "README.md"
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, README_FILE)
+WEIGHT_DTYPES = ("float32", "float16")
+
+# Where the presets shipped with the package live: kx_vision/presets/<name>/ (package data).
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets")
+
+DATA_291 = (
+    "The classic 291 training images (as VDSR): T91 (Yang et al. 2010; freely available) and BSDS200, "
+    "the 200 train+test images of the Berkeley Segmentation Dataset (Martin et al. 2001), which is licensed "
+    "for non-commercial research and educational use only. Validated on Set5."
+)
+
+# The presets kx_vision knows by name: the architecture, the recipe that trains it, the data it uses.
+PRESETS = {
+    "edsr_baseline_x2": {
+        "class_name": "EDSR",
+        "config": {"scale": 2, "num_blocks": 16, "num_filters": 64, "residual_scale": 0.1},
+        "description": "EDSR baseline (Lim et al. 2017: 16 blocks, 64 filters, residual scale 0.1), x2, L1 loss",
+        "recipe": "configs/edsr_baseline_x2.yaml",
+        "train": "python -m kx_vision.train superres --config configs/edsr_baseline_x2.yaml --output runs/edsr_x2",
+        "data": DATA_291,
+    },
+    "edsr_baseline_x4": {
+        "class_name": "EDSR",
+        "config": {"scale": 4, "num_blocks": 16, "num_filters": 64, "residual_scale": 0.1},
+        "description": "EDSR baseline (16 blocks, 64 filters, residual scale 0.1), x4, grown from the x2 model",
+        "recipe": "configs/edsr_baseline_x4.yaml",
+        "train": "python -m kx_vision.train superres --config configs/edsr_baseline_x4.yaml --output runs/edsr_x4 "
+                 "(after the x2 recipe, whose runs/edsr_x2/model.keras it starts from)",
+        "data": DATA_291,
+    },
+}
+
+# What the card of a preset shipped in the package must state (`shipped_card_problems`).
+SHIPPED_CARD_KEYS = ("training_command", "data", "device", "training_minutes", "results")
+SHIPPED_RESULT_SETS = ("Set5", "Set14")
+
+
+def known_presets():
+    return sorted(PRESETS)
+
+
+def default_card(name):
+    """The card facts the registry knows for preset `name` (description, training command, data); the
+    measured ones (device, minutes, results) are added by whoever trained and measured the weights."""
+    entry = _known(name)
+    return {"description": entry["description"], "training_command": entry["train"], "data": entry["data"]}
+
+
+def shipped_presets():
+    """Names of the presets whose folders ship in the package."""
+    if not os.path.isdir(PRESETS_DIR):
+        return []
+    return sorted(n for n in os.listdir(PRESETS_DIR) if os.path.isdir(os.path.join(PRESETS_DIR, n)))
+
+
+def _known(name):
+    if name not in PRESETS:
+        raise unknown_preset_error(name)
+    return PRESETS[name]
+
+
+def unknown_preset_error(name):
+    return KxVisionError(
+        f"unknown preset {name!r}: known presets are {', '.join(known_presets())}; or pass a preset "
+        "directory (written by save_to_preset)"
+    )
+
+
+def resolve(preset):
+    """The folder of `preset`: a known preset name (shipped in the package) or a preset directory.
+
+    A known name is looked up first, so a local folder of the same name is reached as `./NAME`.
+    """
+    preset = os.fspath(preset)
+    if preset in PRESETS:
+        directory = os.path.join(PRESETS_DIR, preset)
+        if not all(os.path.isfile(os.path.join(directory, f)) for f in REQUIRED_FILES):
+            entry = PRESETS[preset]
+            raise WeightsUnavailableError(
+                f"no pretrained weights are available yet for preset {preset!r} (none have been trained on a "
+                f"GPU and measured yet). Train them with the recipe {entry['recipe']}: {entry['train']}; then "
+                "pass the trained model.keras as --model, or a preset directory written by "
+                "EDSR.save_to_preset"
+            )
+        return directory
+    if os.path.isdir(preset):
+        for name in REQUIRED_FILES:
+            if not os.path.isfile(os.path.join(preset, name)):
+                raise KxVisionError(
+                    f"preset directory {preset} has no {name} (a preset holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
+                    f"{METADATA_FILE}, as written by save_to_preset)"
+                )
+        return preset
+    if os.path.exists(preset):
+        raise KxVisionError(f"{preset} is a file, not a preset directory")
+    raise unknown_preset_error(preset)
+
+
+def read_json(directory, name):
+    path = os.path.join(directory, name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as error:
+        raise KxVisionError(f"{path} not found") from error
+    except (OSError, ValueError) as error:
+        raise KxVisionError(f"{path} is not a valid JSON file: {error}") from error
+
+
+def preset_class(directory, config=None):
+    """The registered model class that `directory`'s config.json describes."""
+    config = read_json(directory, CONFIG_FILE) if config is None else config
+    path = os.path.join(directory, CONFIG_FILE)
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict) or "class_name" not in config:
+        raise KxVisionError(f"{path} is not a Keras serialized model config (no class_name / config)")
+    registered = config.get("registered_name") or config["class_name"]
+    target = keras.saving.get_registered_object(registered)
+    if not (isinstance(target, type) and issubclass(target, keras.Model)):
+        raise KxVisionError(f"{path} describes {registered!r}, which is not a registered kx_vision model")
+    return target
+
+
+def load(preset, cls=None):
+    """Build the model of `preset` (a known name or a preset directory) and load its weights, float32.
+
+    With `cls` (e.g. `EDSR`), the preset must be a model of that class. Nothing in a preset runs code: the
+    class must be a registered model and the config is deserialized with `safe_mode` on.
+    """
+    directory = resolve(preset)
+    config = read_json(directory, CONFIG_FILE)
+    target = preset_class(directory, config)
+    if cls is not None and not issubclass(target, cls):
+        raise KxVisionError(
+            f"preset {preset} holds a model of class {target.__name__}, not {cls.__name__} "
+            f"({os.path.join(directory, CONFIG_FILE)})"
+        )
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - a bad argument in the config becomes one message naming the file
+        raise KxVisionError(
+            f"cannot build the model of {os.path.join(directory, CONFIG_FILE)}: {type(error).__name__}: {error}"
+        ) from error
+    weights = os.path.join(directory, WEIGHTS_FILE)
+    try:
+        model.load_weights(weights)
+    except Exception as error:  # noqa: BLE001 - a weights file of another model becomes one message
+        raise KxVisionError(
+            f"{weights} does not fit the model of its {CONFIG_FILE}: {type(error).__name__}: {error}"
+        ) from error
+    return model
+
+
+def save(model, directory, dtype="float32", card=None, overwrite=False):
+    """Write `model` as a preset folder `directory` (see the module docstring), atomically: everything is
+    written into a temporary folder next to it, then renamed into place, so a failure leaves nothing behind
+    and an existing preset is replaced whole (with `overwrite=True`) or not at all. An existing folder holding
+    anything other than a preset's files is never replaced.
+
+    `dtype="float16"` stores the weights at half size; they load back as float32 (check the scores that
+    matter, e.g. PSNR, before shipping). `card`: a JSON-serialisable dict of model-card facts, e.g.
+    `{"training_command": ..., "data": ..., "device": ..., "training_minutes": ...,
+    "results": {"Set5": {"psnr": ..., "ssim": ...}, ...}}` (`default_card(name)` for a known preset's
+    command and data); it goes into metadata.json and README.md.
+    """
+    import kx_vision
+
+    if dtype not in WEIGHT_DTYPES:
+        raise KxVisionError(f"preset weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
+    card = dict(card or {})
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.lexists(directory):
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            raise KxVisionError(f"{directory} exists and is not a folder; refusing to replace it with a preset")
+        entries = set(os.listdir(directory))
+        if entries and not overwrite:
+            raise KxVisionError(f"{directory} exists; pass overwrite=True to replace it")
+        if not entries <= set(PRESET_FILES):
+            raise KxVisionError(
+                f"{directory} holds files that are not a preset's ({', '.join(sorted(entries - set(PRESET_FILES)))}); "
+                "refusing to replace it"
+            )
+    config = keras.saving.serialize_keras_object(model)
+    for key in ("build_config", "compile_config"):
+        config.pop(key, None)
+    metadata = {
+        "class_name": type(model).__name__,
+        "kx_vision_version": kx_vision.__version__,
+        "keras_version": keras.version(),
+        "backend": keras.backend.backend(),
+        "parameter_count": int(model.count_params()),
+        "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "weights_dtype": dtype,
+        "card": card,
+    }
+    try:
+        config_text = json.dumps(config, indent=2)
+        metadata_text = json.dumps(metadata, indent=2)
+    except (TypeError, ValueError) as error:
+        raise KxVisionError(f"preset config or card is not JSON-serialisable: {error}") from error
+
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{os.getpid()}-{os.path.basename(directory)}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(config_text + "\n")
+        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+        if dtype == "float16":
+            _store_float16(os.path.join(tmp, WEIGHTS_FILE))
+        with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
+            f.write(metadata_text + "\n")
+        with open(os.path.join(tmp, README_FILE), "w", encoding="utf-8") as f:
+            f.write(model_card(os.path.basename(directory), config, metadata))
+        _replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _replace_dir(tmp, directory):
+    """Move the finished folder `tmp` to `directory`, replacing an empty folder or an earlier preset."""
+    if os.path.isdir(directory) and not os.listdir(directory):
+        os.rmdir(directory)
+    if os.path.isdir(directory):
+        old = f"{tmp}.old"
+        os.rename(directory, old)
+        os.rename(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, directory)
+
+
+def _store_float16(path):
+    """Rewrite a `.weights.h5` file with every float32/float64 array as float16 (Keras casts back to the
+    variables' dtype on loading). Copied into a fresh file: HDF5 does not give back the space of deleted arrays."""
+    import h5py
+    import numpy as np
+
+    limit = float(np.finfo(np.float16).max)
+    half = f"{path}.float16"
+    with h5py.File(path, "r") as source, h5py.File(half, "w") as target:
+        target.attrs.update(dict(source.attrs))
+
+        def copy(name, obj):
+            if isinstance(obj, h5py.Group):
+                target.require_group(name).attrs.update(dict(obj.attrs))
+                return
+            data = obj[()]
+            if obj.dtype in (np.float32, np.float64):
+                if data.size and float(np.max(np.abs(data))) > limit:
+                    raise KxVisionError(f"weight {name} exceeds the float16 range ({limit:g}); save it as float32")
+                data = data.astype(np.float16)
+            target.create_dataset(name, data=data).attrs.update(dict(obj.attrs))
+
+        source.visititems(copy)
+    os.replace(half, path)
+
+
+def _number(value, digits):
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
+
+
+def model_card(name, config, metadata):
+    """README.md of a preset: what it is, how to load it, how it was trained, on what, and its scores."""
+    card = metadata.get("card") or {}
+    model_config = config.get("config", {})
+    lines = [f"# {name}", ""]
+    if card.get("description"):
+        lines += [card["description"], ""]
+    stored = "float16 (loaded as float32)" if metadata["weights_dtype"] == "float16" else metadata["weights_dtype"]
+    spec = name if name in PRESETS else f"path/to/{name}"
+    lines += [
+        f"A kx_vision `{metadata['class_name']}` preset: {metadata['parameter_count']:,} parameters, weights stored "
+        f"as {stored}. Runs on the TensorFlow and JAX backends.",
+        "",
+        "```python",
+        "from kx_vision.models import " + metadata["class_name"],
+        f"model = {metadata['class_name']}.from_preset(\"{spec}\")",
+        "```",
+        "",
+        "## Training",
+        "",
+    ]
+    command = card.get("training_command")
+    if isinstance(command, (list, tuple)):
+        command = "\n".join(command)
+    lines += ["```bash", command or "(not recorded)", "```", ""]
+    for key, label in (("data", "Data"), ("device", "Device"), ("training_minutes", "Training time (minutes)")):
+        lines.append(f"- {label}: {card.get(key, '(not recorded)')}")
+    results = card.get("results") or {}
+    if results:
+        metric_names = list(dict.fromkeys(m for scores in results.values() for m in scores))
+        lines += ["", "## Results", "",
+                  "Y channel (BT.601), `scale` border pixels shaved, predictions rounded to 8 bits "
+                  "(`python -m kx_vision.evaluate superres`).", "",
+                  "| set | " + " | ".join(metric_names) + " |", "|---|" + "---|" * len(metric_names)]
+        for set_name, scores in results.items():
+            cells = [_number(scores[m], 4 if "ssim" in m else 2) if m in scores else "" for m in metric_names]
+            lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
+    others = {k: v for k, v in card.items()
+              if k not in ("description", "training_command", "data", "device", "training_minutes", "results")}
+    if others:
+        lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in others.items()]
+    lines += ["", "## Config", ""] + [f"- `{k}`: {v}" for k, v in model_config.items()
+                                      if k not in ("name", "trainable")]
+    lines += ["", f"Saved {metadata['date_saved']} with kx_vision {metadata['kx_vision_version']}, Keras "
+              f"{metadata['keras_version']} ({metadata['backend']} backend).", ""]
+    return "\n".join(lines)
+
+
+def shipped_card_problems(directory, name=None):
+    """What keeps the preset folder `directory` from shipping in the package, as a list of sentences (empty:
+    fine): it must be a known preset with that architecture, and its card must state the training command,
+    the data (with the BSDS licence when BSDS is used), the device, the minutes, and the Set5 and Set14 PSNR
+    measured with these very weights."""
+    name = name or os.path.basename(os.path.normpath(directory))
+    problems = []
+    if name not in PRESETS:
+        return [f"{name} is not a known preset ({', '.join(known_presets())})"]
+    for file in (*REQUIRED_FILES, METADATA_FILE, README_FILE):
+        if not os.path.isfile(os.path.join(directory, file)):
+            problems.append(f"{file} is missing")
+    if problems:
+        return problems
+    config = read_json(directory, CONFIG_FILE)
+    entry = PRESETS[name]
+    if config.get("class_name") != entry["class_name"]:
+        problems.append(f"config.json is a {config.get('class_name')}, not an {entry['class_name']}")
+    for key, value in entry["config"].items():
+        if config.get("config", {}).get(key) != value:
+            problems.append(f"config.json has {key}={config.get('config', {}).get(key)!r}, expected {value!r}")
+    card = read_json(directory, METADATA_FILE).get("card") or {}
+    problems += [f"the card has no {key}" for key in SHIPPED_CARD_KEYS if not card.get(key)]
+    if "BSD" in str(card.get("data", "")) and "non-commercial" not in str(card.get("data", "")):
+        problems.append("the card's data uses BSDS but does not say it is for non-commercial research only")
+    results = card.get("results") or {}
+    for set_name in SHIPPED_RESULT_SETS:
+        if not isinstance(results.get(set_name, {}).get("psnr"), (int, float)):
+            problems.append(f"the card has no measured {set_name} psnr")
+    return problems
