@@ -39,16 +39,17 @@ def load_application(name, weights="imagenet", weights_key="model.backbone_weigh
             f"could not get the ImageNet weights of {name} ({type(error).__name__}: {error}). "
             f"This machine may be offline. Either copy {file_name} into {cache}/ "
             f"(keras.applications looks there before downloading), or pass its path "
-            f"(--set {weights_key}=/path/to/file), or use {alternative}."
+            f"(--set {weights_key}=/path/to/file)" + (f", or use {alternative}." if alternative else ".")
         ) from error
 
 
-def vgg16_feature_extractor(layer_names, weights="imagenet"):
+def vgg16_feature_extractor(layer_names, weights="imagenet",
+                            alternative="a loss that needs no pretrained network (--set loss.name=l1)"):
     """A frozen VGG16 mapping caffe-preprocessed images (BGR, 0-255, mean removed) to the outputs
-    of `layer_names`, e.g. ("block1_conv2", "block2_conv2", "block3_conv3")."""
+    of `layer_names`, e.g. ("block1_conv2", "block2_conv2", "block3_conv3"). `alternative` is the
+    way around missing weights that the error suggests (None: there is none)."""
     vgg = load_application(
-        "VGG16", weights=weights, weights_key="loss.vgg_weights",
-        alternative="a loss that needs no pretrained network (--set loss.name=l1)",
+        "VGG16", weights=weights, weights_key="loss.vgg_weights", alternative=alternative,
         input_shape=(None, None, 3))
     vgg.trainable = False
     missing = [n for n in layer_names if n not in {layer.name for layer in vgg.layers}]

@@ -1,32 +1,31 @@
 """Training callbacks that Keras does not provide as such."""
 
+import contextlib
+import json
 import math
 import os
 
 import keras
 
-
-def _atomic(save, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from kx_vision.fileio import atomic_write, atomic_write_text
 
 
 def save_model_atomic(model, path):
     """`model.save(path)` through a temporary file and `os.replace`, so an interrupted save never
     leaves a truncated file where a good one was."""
-    _atomic(model.save, path)
+    atomic_write(path, model.save)
 
 
 def save_weights_atomic(model, path):
     """`model.save_weights(path)` (a `.weights.h5` path), atomically."""
-    _atomic(model.save_weights, path)
+    atomic_write(path, model.save_weights)
+
+
+def _finite(value):
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 class AtomicModelCheckpoint(keras.callbacks.Callback):
@@ -34,26 +33,151 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
 
     Keras's `ModelCheckpoint` writes straight to the final file name: a run killed while saving
     would destroy the previous checkpoint. This callback writes atomically (`save_model_atomic`).
+    An epoch whose training loss is not finite (a diverged run) is never saved. `best` (and
+    `best_epoch`) carry the best value over a resumed run, so `best.keras` is only ever replaced
+    by a better model.
     """
 
-    def __init__(self, directory, monitor="val_loss", mode="min"):
+    def __init__(self, directory, monitor="val_loss", mode="min", best=None, best_epoch=None):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.directory = directory
         self.monitor = monitor
         self.mode = mode
-        self.best = math.inf if mode == "min" else -math.inf
+        self.best = (math.inf if mode == "min" else -math.inf) if best is None else float(best)
+        self.best_epoch = best_epoch
+        self.last_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "loss" in logs and not _finite(logs["loss"]):
+            return
         save_model_atomic(self.model, os.path.join(self.directory, "last.keras"))
-        value = (logs or {}).get(self.monitor)
-        if value is None or math.isnan(value):
+        self.last_epoch = epoch + 1
+        value = logs.get(self.monitor)
+        if value is None or not _finite(value):
             return
         better = value < self.best if self.mode == "min" else value > self.best
         if better:
-            self.best = float(value)
             save_model_atomic(self.model, os.path.join(self.directory, "best.keras"))
+            self.best, self.best_epoch = float(value), epoch + 1
+
+
+class TrainingBackup(keras.callbacks.Callback):
+    """The training state (weights, optimizer state, epoch, the checkpoint's best value) saved at
+    every epoch end, so that a killed run continues from its last finished epoch.
+
+    Keras's `BackupAndRestore` writes `latest.weights.h5` in place: a run killed while writing it
+    leaves a truncated file that every rerun then fails to read. Here each epoch's weights go to a
+    new file, written atomically, and `state.json` (also atomic) points at it only once it is
+    complete; the previous epoch's file is kept as a fallback until the next one is written. An
+    epoch whose loss is not finite is never backed up. `restore(model)` (before `fit`, on a compiled
+    model) loads the newest readable state and returns it, or None.
+    """
+
+    def __init__(self, directory, checkpoint=None):
+        super().__init__()
+        self.directory = directory
+        self.checkpoint = checkpoint  # an AtomicModelCheckpoint whose best value is backed up too
+        self.state_path = os.path.join(directory, "state.json")
+        self.warnings = []
+
+    def read_state(self):
+        if not os.path.isfile(self.state_path):
+            return None
+        try:
+            with open(self.state_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def restore(self, model):
+        """Load the newest readable backup into `model` (compiled); the state dict, or None."""
+        state = self.read_state()
+        if state is None:
+            return None
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # so its variables can be loaded
+        for candidate in (state, state.get("previous")):
+            if not candidate:
+                continue
+            path = os.path.join(self.directory, candidate["weights"])
+            try:
+                model.load_weights(path)
+            except Exception as error:  # noqa: BLE001 - an unreadable backup falls back, with one warning
+                self.warnings.append(f"backup {path} is unreadable ({type(error).__name__}); "
+                                     "falling back to the one before it")
+                continue
+            return candidate
+        self.warnings.append(f"no readable backup in {self.directory}: training this phase from its start")
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "loss" in logs and not _finite(logs["loss"]):
+            return
+        name = f"epoch-{epoch + 1:05d}.weights.h5"
+        save_weights_atomic(self.model, os.path.join(self.directory, name))
+        previous = self.read_state()
+        state = {"epoch": epoch + 1, "weights": name}
+        if self.checkpoint is not None:
+            state.update(monitor=self.checkpoint.monitor, best=self.checkpoint.best,
+                         best_epoch=self.checkpoint.best_epoch)
+            if not _finite(state["best"]):
+                state["best"] = None
+        if previous:
+            state["previous"] = {k: v for k, v in previous.items() if k != "previous"}
+        atomic_write_text(self.state_path, json.dumps(state, indent=1))
+        keep = {name, state.get("previous", {}).get("weights")}
+        for old in os.listdir(self.directory):
+            if old.endswith(".weights.h5") and old.startswith("epoch-") and old not in keep:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.directory, old))
+
+
+    def prune(self):
+        """Keep only the newest backup (once a run is finished, for continuing it with more epochs)."""
+        state = self.read_state()
+        if not state or "previous" not in state:
+            return
+        previous = state.pop("previous")
+        atomic_write_text(self.state_path, json.dumps(state, indent=1))
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self.directory, previous["weights"]))
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training when the loss stops being finite, remembering where (`diverged`).
+
+    Keras's `TerminateOnNaN` reads the loss after every step, which makes JAX and TensorFlow wait
+    for each step before queueing the next. The loss Keras reports is the running mean of the
+    epoch, so once a step's loss is NaN or infinite it stays so: checking every `check_every`
+    steps and at the epoch's end catches every divergence, a few steps late at most.
+    """
+
+    def __init__(self, check_every=10):
+        super().__init__()
+        self.check_every = check_every
+        self.diverged = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def _check(self, logs, step):
+        value = (logs or {}).get("loss")
+        if value is not None and not _finite(keras.ops.convert_to_numpy(value)):
+            self.diverged = {"epoch": self._epoch + 1, "step": step, "loss": float(keras.ops.convert_to_numpy(value))}
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.diverged is None and (batch + 1) % self.check_every == 0:
+            self._check(logs, batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged is None:
+            self._check(logs, "end")
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -97,8 +221,6 @@ class TimeBudget(keras.callbacks.Callback):
         self._first_batch = True
         self._applied = None
         if state_path and os.path.isfile(state_path):
-            import json
-
             with open(state_path) as f:
                 state = json.load(f)
             self.spent, self.steps, self.timed_steps = float(state["spent"]), int(state["steps"]), int(state["timed_steps"])
@@ -163,17 +285,11 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._last = None  # validation and checkpoint saving are not training time
         if self.state_path:
-            import json
-
             state = {"phase": self.phase, "spent": self.spent, "steps": self.steps, "timed_steps": self.timed_steps, "startup_seconds": self.startup_seconds,
                      "phase_start": self.phase_start, "phase_start_step": self.phase_start_step,
                      "budget": self.budget}
 
-            def write(tmp):
-                with open(tmp, "w") as f:
-                    json.dump(state, f)
-
-            _atomic(write, self.state_path)
+            atomic_write_text(self.state_path, json.dumps(state))
 
     def _apply_schedule(self, force=False):
         if self.schedule is None:

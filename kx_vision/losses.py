@@ -222,7 +222,8 @@ class StyleTransferLoss(keras.losses.Loss):
         self.content_weight, self.style_weight, self.tv_weight = float(content_weight), float(style_weight), float(tv_weight)
         layers = list(dict.fromkeys(self.style_layers + (self.content_layer,)))
         self._layer_index = {name: i for i, name in enumerate(layers)}
-        self.extractor = vgg16_feature_extractor(layers, weights=weights)
+        # No other loss trains a style network: the error offers no alternative to the weights.
+        self.extractor = vgg16_feature_extractor(layers, weights=weights, alternative=None)
         features = self._features(style[None])
         self.style_grams = [ops.convert_to_tensor(ops.convert_to_numpy(gram_matrix(features[self._layer_index[n]]))[0])
                             for n in self.style_layers]

@@ -15,8 +15,8 @@ import math
 import os
 import sys
 
+from kx_vision import cli, distribute
 from kx_vision import config as config_lib
-from kx_vision import distribute
 from kx_vision.errors import ConfigError, KxVisionError
 
 TASKS = {
@@ -109,24 +109,108 @@ def find_learning_rate(task, config, output, num_steps=200):
     return result
 
 
-def _check_resume(output, config):
-    """Refuse to resume an interrupted run in `output` with a different config."""
+# What a run writes into its output folder (`--overwrite` removes these, and nothing else).
+RUN_FILES = ("checkpoints", "backup", "logs", "history.csv", "summary.json", "model.keras", "config.yaml",
+             ".workers")
+
+
+def _flat(data, prefix=""):
+    out = {}
+    for key, value in (data or {}).items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _backup_states(backup):
+    """`{phase: state}` of the phases' backups in `backup` (see `callbacks.TrainingBackup`)."""
+    states = {}
+    if os.path.isdir(backup):
+        for phase in sorted(os.listdir(backup)):
+            path = os.path.join(backup, phase, "state.json")
+            if os.path.isfile(path):
+                try:
+                    with open(path) as f:
+                        states[phase] = json.load(f)
+                except (OSError, ValueError):
+                    states[phase] = {}
+    return states
+
+
+def _run_status(output):
+    """"finished" (a model and its summary were written), "interrupted" (a backup of a finished
+    epoch exists) or "new"."""
+    if os.path.isfile(os.path.join(output, "summary.json")) and os.path.isfile(os.path.join(output, "model.keras")):
+        return "finished"
+    return "interrupted" if _backup_states(os.path.join(output, "backup")) else "new"
+
+
+def _prepare_output(output, config, overwrite):
+    """What to do with `output`: "new", "overwrite", "resume" (an interrupted run), "continue" (a
+    finished run given more epochs) or "complete" (a finished run: nothing to do). Refuses to mix
+    a run with another config. Reads only: nothing is written here."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output {output} is a file, not a folder")
+    status = _run_status(output) if os.path.isdir(output) else "new"
+    if overwrite:
+        return "overwrite" if os.path.isdir(output) else "new"
+    if status == "new":
+        return "new"
     saved = os.path.join(output, "config.yaml")
-    backup = os.path.join(output, "backup")
-    interrupted = os.path.isdir(backup) and any(files for _, _, files in os.walk(backup))
-    if interrupted and os.path.isfile(saved):
+    previous = {}
+    if os.path.isfile(saved):
         import yaml
 
         with open(saved) as f:
-            previous = yaml.safe_load(f)
-        current = config_lib.to_dict(config)
-        # The device layout does not change the computation: a run may resume on more or fewer devices.
-        previous.pop("distribute", None), current.pop("distribute", None)
-        if previous != current:
-            raise ConfigError(
-                f"{output} holds an interrupted run with a different config ({saved}); "
-                "rerun with the same settings to resume it, or choose another --output"
-            )
+            previous = yaml.safe_load(f) or {}
+    # The device layout does not change the computation: a run may resume on more or fewer devices;
+    # a finished run may be given more `epochs` to continue it.
+    ignored = ("distribute", "epochs") if status == "finished" else ("distribute",)
+    before, now = _flat(previous), _flat(config_lib.to_dict(config))
+    differ = sorted(k for k in set(before) | set(now) if k not in ignored and before.get(k) != now.get(k))
+    what = "a finished" if status == "finished" else "an interrupted"
+    if differ:
+        shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+        raise ConfigError(
+            f"{output} holds {what} run with a different config ({shown} differ from {saved}); rerun with its "
+            "settings to " + ("continue" if status == "finished" else "resume") + " it, add --overwrite to "
+            "replace it, or choose another --output"
+        )
+    if status == "finished":
+        return "complete" if config.epochs <= int(previous.get("epochs", 0)) else "continue"
+    return "resume"
+
+
+def _clear_run(output):
+    import shutil
+
+    for name in RUN_FILES:
+        path = os.path.join(output, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def _truncate_history(path, epochs):
+    """Keep the header and the rows of the first `epochs` epochs of a CSVLogger file (a killed run
+    may have logged an epoch that its backup does not hold; it is trained again)."""
+    if not os.path.isfile(path):
+        return
+    from kx_vision.fileio import atomic_write_text
+
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].strip().isdigit()
+                        and int(line.split(",", 1)[0]) < epochs]
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+
+
+class TrainingDiverged(KxVisionError):
+    """The loss became NaN or infinite."""
 
 
 def _initialise(model, config):
@@ -143,13 +227,17 @@ def _initialise(model, config):
     return report["transferred"]
 
 
-def fit(task, config, output, verbose="auto", extra_callbacks=()):
+def fit(task, config, output, verbose="auto", extra_callbacks=(), overwrite=False):
     """Train `task` (a module of `kx_vision.tasks`) with `config`, writing into `output`.
 
     A task may ask for a first phase in which some layers are frozen (`task.freeze_plan`: the
     pretrained backbone of a U-Net, or the layers transferred from a x2 model); training then runs
     in two phases, each compiled afresh. A finished phase leaves its weights behind, so a resumed
     run skips it.
+
+    `output` is never overwritten by accident: an interrupted run there resumes from its last
+    finished epoch (same config), a finished run is left as it is (or continued, when `epochs` grew),
+    and `overwrite=True` is needed to train there from scratch.
 
     Returns `(model, summary)`, the summary being a dict of final validation scores.
     """
@@ -161,27 +249,49 @@ def fit(task, config, output, verbose="auto", extra_callbacks=()):
     # The policy is global in Keras: set it for the model, loss networks and optimizer built here.
     keras.config.set_dtype_policy(config.precision)
     try:
-        return _fit(task, config, output, dist, verbose, extra_callbacks)
+        return _fit(task, config, output, dist, verbose, extra_callbacks, overwrite)
     finally:
         keras.config.set_dtype_policy(policy)
         distribute.reset()
 
 
-def _fit(task, config, output, dist, verbose, extra_callbacks):
+def _fit(task, config, output, dist, verbose, extra_callbacks, overwrite):
     import keras
 
-    from kx_vision.callbacks import AtomicModelCheckpoint, TimeBudget, save_model_atomic, save_weights_atomic
+    from kx_vision.callbacks import (
+        AtomicModelCheckpoint,
+        DivergenceGuard,
+        TimeBudget,
+        TrainingBackup,
+        save_model_atomic,
+        save_weights_atomic,
+    )
+    from kx_vision.fileio import atomic_write_text, remove_stale_temporaries
+    from kx_vision.models.loading import load_model
 
     dist.check_batch_size(config.data.batch_size)
-    os.makedirs(output, exist_ok=True)
-    if dist.is_chief:
-        _check_resume(output, config)
-        config_lib.dump(config, os.path.join(output, "config.yaml"))
+    if config.time_budget is not None:
+        if config.time_budget <= 0:
+            raise ConfigError(f"config key 'time_budget' must be > 0 seconds, got {config.time_budget}")
+        if dist.num_workers > 1:
+            raise ConfigError("config key 'time_budget' cannot be used with several workers (each would stop "
+                              "at another step); train for a number of epochs instead")
+    action = _prepare_output(output, config, overwrite) if dist.is_chief else "new"
+    if action == "complete":
+        with open(os.path.join(output, "summary.json")) as f:
+            summary = json.load(f)
+        final = os.path.join(output, "model.keras")
+        print(f"{output} holds a finished run of {config.epochs} epochs; its model is {final} "
+              f"({_format_scores(summary)}). Nothing to do: --set epochs=N (more) continues it, "
+              "--overwrite trains again from scratch, --output DIR starts a new run.")
+        return load_model(final), summary
     if dist.num_replicas > 1:
         print(f"distribute={dist.mode}: {dist.num_replicas} replicas over {dist.num_workers} worker(s), "
               f"this is worker {dist.worker_index}; global batch {config.data.batch_size}")
     keras.utils.set_random_seed(config.seed)
 
+    # Data and model first: a start that fails (a missing folder, weights that cannot be loaded)
+    # leaves no run folder behind.
     data = task.build_data(config)
     data["train"] = dist.train_dataset(data["train"])
     data["val"] = dist.validation_dataset(data["val"])
@@ -193,18 +303,33 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
     phases = [("frozen", 0, frozen_epochs), ("all", frozen_epochs, config.epochs)]
     phases = [phase for phase in phases if phase[1] < phase[2]]
     monitor, mode = task.MONITOR
+
+    # From here on the run writes into `output`.
+    if action == "overwrite":
+        _clear_run(output)
+        print(f"--overwrite: removed the previous run's files from {output}")
+    os.makedirs(output, exist_ok=True)
+    history = os.path.join(output, "history.csv")
+    if dist.is_chief:
+        if action in ("new", "overwrite") and os.path.isfile(history):
+            os.remove(history)  # no epoch of an earlier start was backed up: its rows are stale
+        config_lib.dump(config, os.path.join(output, "config.yaml"))
     # Only the chief writes checkpoints and logs into `output`. Saving reads every variable, which in a
     # multi-process run is a collective step, so the other workers save too, into a private scratch
     # folder (removed when they finish) that also holds the backup they resume from.
     scratch = output if dist.is_chief else os.path.join(output, ".workers", f"worker{dist.worker_index}")
     backup = os.path.join(scratch, "backup")
+    checkpoints = os.path.join(scratch, "checkpoints")
+    for folder in (scratch, checkpoints):
+        remove_stale_temporaries(folder)  # left by a write that was killed half-way
+    # The best monitored value so far (from any phase's backup): `best.keras` is only replaced by a better model.
+    states = [state for state in _backup_states(backup).values() if state.get("monitor") == monitor]
+    newest = max(states, key=lambda state: state.get("epoch", 0), default={})
+    checkpoint = AtomicModelCheckpoint(checkpoints, monitor=monitor, mode=mode, best=newest.get("best"),
+                                       best_epoch=newest.get("best_epoch"))
+    guard = DivergenceGuard()
     budget = None
     if config.time_budget is not None:
-        if config.time_budget <= 0:
-            raise ConfigError(f"config key 'time_budget' must be > 0 seconds, got {config.time_budget}")
-        if dist.num_workers > 1:
-            raise ConfigError("config key 'time_budget' cannot be used with several workers (each would stop "
-                              "at another step); train for a number of epochs instead")
         budget = TimeBudget(config.time_budget, state_path=os.path.join(backup, "time_budget.json"))
         print(f"time budget: {config.time_budget:g} s of training steps (compilation and validation not "
               f"counted), at most {config.epochs} epochs of {data['steps_per_epoch']} steps")
@@ -236,29 +361,39 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
                 jit_compile="auto" if config.jit_compile is None else config.jit_compile,
             )
             dist.prepare_fit(model)
-        callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(backup, name)),
-            keras.callbacks.TerminateOnNaN(),
-            AtomicModelCheckpoint(os.path.join(scratch, "checkpoints"), monitor=monitor, mode=mode),
-        ]
+            phase_backup = TrainingBackup(os.path.join(backup, name), checkpoint=checkpoint)
+            restored = phase_backup.restore(model)
+        for warning in phase_backup.warnings:
+            print(f"warning: {warning}")
+        initial = restored["epoch"] if restored else first
+        if restored:
+            verb = "continuing the finished run" if action == "continue" else "resuming"
+            print(f"{verb} from epoch {initial} of {last} "
+                  f"(backup {os.path.join(backup, name, restored['weights'])})")
         if dist.is_chief:
-            callbacks.append(keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=True))
+            _truncate_history(history, initial)
+        callbacks = [guard, checkpoint, phase_backup]  # the backup after the checkpoint: it records the best value
+        if dist.is_chief:
+            callbacks.append(keras.callbacks.CSVLogger(history, append=True))
             # Keras's TensorBoard callback writes through TensorFlow's summary API.
             if all(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorflow")):
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "logs")))
         if budget is not None:
             callbacks.append(budget)  # last: its state file is written after the epoch's checkpoints
         callbacks.extend(extra_callbacks)
-        model.fit(
-            data["train"],
-            initial_epoch=first,
-            epochs=last,
-            steps_per_epoch=data["steps_per_epoch"] if data.get("endless") else None,
-            validation_data=data["val"],
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipelines shuffle / sample at random themselves
-            verbose=verbose if dist.is_chief else 0,
-        )
+        if initial < last and not (budget is not None and budget.exhausted):
+            model.fit(
+                data["train"],
+                initial_epoch=initial,
+                epochs=last,
+                steps_per_epoch=data["steps_per_epoch"] if data.get("endless") else None,
+                validation_data=data["val"],
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipelines shuffle / sample at random themselves
+                verbose=verbose if dist.is_chief else 0,
+            )
+        if guard.diverged is not None:
+            raise TrainingDiverged(_diverged_message(guard.diverged, checkpoint, config, output))
         if name != phases[-1][0]:
             save_weights_atomic(model, done_marker)
         if budget is not None and budget.exhausted:
@@ -266,6 +401,12 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
 
     final = os.path.join(scratch, "model.keras")
     save_model_atomic(model, final)
+    # Keep one backup, of the last phase: enough to continue the run with more epochs.
+    phase_backup.prune()
+    for name, _, _ in phases[:-1]:
+        import shutil
+
+        shutil.rmtree(os.path.join(backup, name), ignore_errors=True)
     if not dist.is_chief:
         import shutil
 
@@ -276,20 +417,38 @@ def _fit(task, config, output, dist, verbose, extra_callbacks):
     if dist.num_replicas > 1:
         # Report on the saved model, on one device: it proves the file, and the report's full-size
         # single images need not split across replicas.
-        from kx_vision.models.loading import load_model
-
         distribute.reset()
         model = load_model(final)
     message, summary = task.report(model, data, config)
     print(message)
+    if checkpoint.best_epoch is not None:
+        summary["best"] = {"monitor": monitor, "value": checkpoint.best, "epoch": checkpoint.best_epoch}
+        print(f"model.keras is the last epoch's model; the best {monitor} was {checkpoint.best:.4g} at epoch "
+              f"{checkpoint.best_epoch} ({os.path.join(checkpoints, 'best.keras')})")
     if budget is not None:
         summary.update(budget.summary())
         print(_budget_message(budget, config))
         with contextlib.suppress(OSError):
             os.remove(budget.state_path)
-    with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_text(os.path.join(output, "summary.json"), json.dumps(summary, indent=2))
     return model, summary
+
+
+def _format_scores(summary):
+    shown = [f"{key} {value:.4g}" for key, value in summary.items() if isinstance(value, (int, float))][:3]
+    return ", ".join(shown) or "no scores"
+
+
+def _diverged_message(diverged, checkpoint, config, output):
+    at = "at the end" if diverged["step"] == "end" else f"after {diverged['step']} steps"
+    last = os.path.join(checkpoint.directory, "last.keras")
+    kept = (f"the last good checkpoint is {last} (epoch {checkpoint.last_epoch})"
+            if checkpoint.last_epoch else (f"the last good checkpoint is {last}" if os.path.isfile(last)
+                                           else "no epoch finished before it"))
+    return (f"training diverged in epoch {diverged['epoch']} (loss {diverged['loss']} {at}); nothing of that epoch "
+            f"was saved: {kept}, and the backup in {os.path.join(output, 'backup')} is kept. Lower "
+            f"optimizer.learning_rate (now {config.optimizer.learning_rate:g}) or set optimizer.clipnorm, then "
+            "train again with --overwrite (or another --output)")
 
 
 def _budget_message(budget, config):
@@ -326,27 +485,30 @@ def _parser():
         p.add_argument("--output", metavar="DIR", default=None, help=f"output folder (default: runs/{name})")
         p.add_argument("--find-lr", action="store_true",
                        help="run the learning-rate range test instead of training (weights are not kept)")
-        p.add_argument("--find-lr-steps", type=int, default=200, metavar="N", help="steps of the range test")
+        p.add_argument("--find-lr-steps", type=int, default=200, metavar="N",
+                       help="steps of the range test (default: %(default)s)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="train from scratch even if the output folder holds a run (its files are replaced)")
+        cli.add_verbose_argument(p)
     return parser
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before the parser: building it imports the tasks, and with them Keras (and TensorFlow).
+    cli.quiet_start_from_argv(argv)
     args = _parser().parse_args(argv)
-    try:
+
+    def command():
         task = task_module(args.task)
         config = config_lib.load(task.Config, args.config, args.assignments)
         output = args.output or os.path.join("runs", args.task)
         if args.find_lr:
             find_learning_rate(task, config, output, args.find_lr_steps)
         else:
-            fit(task, config, output)
-    except KxVisionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)
-        return 130
-    return 0
+            fit(task, config, output, overwrite=args.overwrite)
+
+    return cli.run(command, interrupted="interrupted: rerun the same command to resume from the last finished epoch")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""What every command-line entry point shares: quiet start-up and one error handler.
+
+Imports nothing heavy, so that `--help` stays instant: Keras, TensorFlow and JAX are imported by
+the commands themselves, after their arguments are parsed.
+"""
+
+import contextlib
+import errno
+import importlib.util
+import os
+import sys
+
+from kx_vision.errors import KxVisionError
+
+
+def add_verbose_argument(parser):
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's and XLA's start-up logs (hidden by default)")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null (C++ libraries write there directly, past `sys.stderr`)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def quiet_start(verbose=False, tensorflow=True):
+    """Hide TensorFlow's C++ start-up lines (`cuInit ... UNKNOWN ERROR (303)`, `cudart_stub`,
+    `cpu_feature_guard`, absl's pre-init warning), alarming on a machine without a GPU and of no use
+    to a user. `TF_CPP_MIN_LOG_LEVEL` hides the later ones; the first are written before TensorFlow
+    reads it, so TensorFlow is imported (and its devices listed) here with stderr silenced.
+    Python warnings and errors are not affected. Call before anything imports TensorFlow."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not tensorflow or "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    try:
+        with _native_stderr_silenced():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    except Exception:  # noqa: BLE001 - a broken TensorFlow is reported where it is used, not here
+        pass
+
+
+def _os_error_message(error):
+    where = error.filename or "a file"
+    if error.errno == errno.ENOSPC:
+        return (f"no space left on the device while writing {where}; files written before are intact: "
+                "free some space and run the same command again (training resumes from its last finished epoch)")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {error.strerror} (choose another output folder, or fix its permissions)"
+    if error.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        return f"{where}: {error.strerror}"
+    return None
+
+
+def run(command, interrupted="interrupted"):
+    """Run `command()` and turn the errors a user can act on into one line on stderr and an exit code:
+    0 (done), 2 (bad input, or a file that cannot be written), 130 (Ctrl-C). `command` may return
+    an exit code of its own."""
+    try:
+        code = command()
+    except KxVisionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        message = _os_error_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    return 0 if code is None else code
+
+
+def quiet_start_from_argv(argv):
+    """`quiet_start` for a command about to parse `argv`: with `--help`, TensorFlow is only
+    imported early where Keras will import it anyway (its backend)."""
+    helping = bool({"-h", "--help"} & set(argv))
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    quiet_start("--verbose" in argv, tensorflow=not helping or backend == "tensorflow")
