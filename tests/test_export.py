@@ -22,9 +22,14 @@ MODELS = {
 JAX = keras.backend.backend() == "jax"
 
 
+IMAGE_MODELS = {"edsr", "style"}  # exported with outputs clipped to [0, 1] and a uint8 image endpoint
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Each model exported from this backend, with inputs at two sizes and the Keras outputs."""
+    """Each model exported from this backend, with inputs at two sizes and what the endpoints must return,
+    computed from the Keras model: image models' outputs clipped to [0, 1] (`serve`) and as rounded uint8
+    (`serve_uint8`), segmentation probabilities as they are."""
     folder = tmp_path_factory.mktemp("exported")
     rng = np.random.default_rng(0)
     found = {}
@@ -32,18 +37,23 @@ def exported(tmp_path_factory):
         keras.utils.set_random_seed(0)
         model = build()
         inputs = [rng.random((2, *size, 3)).astype("float32") for size in sizes]
-        outputs = [ops.convert_to_numpy(model(x)) for x in inputs]
+        raw = [ops.convert_to_numpy(model(x)) for x in inputs]
         uint8 = [(x * 255).round().astype(np.uint8) for x in inputs]
-        uint8_outputs = [ops.convert_to_numpy(model(x.astype("float32") / 255)) for x in uint8]
+        raw8 = [ops.convert_to_numpy(model(x.astype("float32") / 255)) for x in uint8]
+        if name in IMAGE_MODELS:
+            outputs = [np.clip(y, 0, 1) for y in raw]
+            uint8_outputs = [np.round(np.clip(y, 0, 1) * 255).astype(np.uint8) for y in raw8]
+        else:
+            outputs, uint8_outputs = raw, raw8
         path = export_model(model, folder / name)
         np.savez(folder / f"{name}.npz", *inputs, *outputs)
-        found[name] = (path, inputs, outputs, uint8, uint8_outputs)
+        found[name] = (path, inputs, outputs, uint8, uint8_outputs, raw)
     return folder, found
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_saved_model_matches_keras_at_two_sizes(name, exported):
-    path, inputs, outputs, uint8, uint8_outputs = exported[1][name]
+    path, inputs, outputs, uint8, uint8_outputs, _ = exported[1][name]
     loaded = tf.saved_model.load(path)
     # TFSMLayer exists on the TensorFlow backend only (see the next test for JAX exports).
     layer = None if JAX else keras.layers.TFSMLayer(path, call_endpoint="serve")
@@ -51,7 +61,30 @@ def test_saved_model_matches_keras_at_two_sizes(name, exported):
         np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(x))), want, atol=1e-4)
         if layer is not None:
             np.testing.assert_allclose(np.asarray(layer(x)), want, atol=1e-4)
-        np.testing.assert_allclose(np.asarray(loaded.serve_uint8(tf.constant(x8))), want8, atol=1e-4)
+        got8 = np.asarray(loaded.serve_uint8(tf.constant(x8)))
+        assert got8.dtype == want8.dtype and got8.shape == want8.shape
+        if name in IMAGE_MODELS:  # rounded: a value within 1e-4 of a half may round either way
+            assert np.abs(got8.astype(int) - want8).max() <= 1 and np.mean(got8 == want8) > 0.99
+        else:
+            np.testing.assert_allclose(got8, want8, atol=1e-4)
+
+
+def test_image_outputs_are_clipped(exported):
+    """The random EDSR's raw outputs go well outside [0, 1]; both endpoints clip them (uint8: to 0 and
+    255, not wrapped around), while segmentation probabilities come out as they are."""
+    path, inputs, _, uint8, _, raw = exported[1]["edsr"]
+    assert raw[0].min() < -0.1 and raw[0].max() > 1.1
+    loaded = tf.saved_model.load(path)
+    served = np.asarray(loaded.serve(tf.constant(inputs[0])))
+    assert served.min() == 0.0 and served.max() == 1.0
+    np.testing.assert_array_equal(served == 0, raw[0] <= 0)
+    got8 = np.asarray(loaded.serve_uint8(tf.constant(uint8[0])))
+    assert got8.dtype == np.uint8 and got8.min() == 0 and got8.max() == 255
+    unet_path, unet_inputs, unet_outputs, *_ = exported[1]["unet"]
+    unet = tf.saved_model.load(unet_path)  # kept: its variables go with it
+    probabilities = np.asarray(unet.serve(tf.constant(unet_inputs[0])))
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probabilities, unet_outputs[0], atol=1e-4)
 
 
 TFSM_CHECK = """
@@ -112,5 +145,5 @@ def test_readme_serving_snippet_runs(tmp_path, monkeypatch, rng):
     exec(compile(snippet, "README.md", "exec"), {})
     upscaled = np.asarray(Image.open(tmp_path / "photo_x2.png"))
     want = ops.convert_to_numpy(model(photo[None].astype("float32") / 255))[0]
-    assert upscaled.shape == (18, 22, 3)
+    assert upscaled.shape == (18, 22, 3) and (want < 0).any() and (want > 1).any()
     assert np.abs(upscaled.astype(float) - np.clip(want, 0, 1) * 255).max() <= 0.51
