@@ -53,6 +53,21 @@ def time_schedule(config):
     return cosine
 
 
+# The warm-up never takes more than this fraction of a phase's steps: a warm-up as long as the
+# training would leave the rate climbing until the end (the segmentation demo's 100 of 90 steps).
+MAX_WARMUP_FRACTION = 0.25
+
+
+def warmup_steps(requested, total_steps):
+    """`requested` warm-up steps, clamped to `MAX_WARMUP_FRACTION` of `total_steps` (with a warning)."""
+    limit = int(MAX_WARMUP_FRACTION * total_steps)
+    if requested > limit:
+        print(f"warning: optimizer.warmup_steps={requested} is more than a quarter of the {total_steps} planned "
+              f"steps; warming up over {limit} steps instead")
+        return limit
+    return requested
+
+
 def build_optimizer(config, total_steps, timed=False):
     """Adam (kx_vision's, with per-group rates) with the configured learning-rate schedule; with
     `timed`, a plain rate that `callbacks.TimeBudget` moves along the schedule as time passes."""
@@ -65,7 +80,7 @@ def build_optimizer(config, total_steps, timed=False):
     if timed:
         learning_rate = time_schedule(config)(0.0, 0)
     elif opt.schedule == "cosine":
-        warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
+        warmup = warmup_steps(opt.warmup_steps, total_steps)
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else opt.learning_rate,
             decay_steps=max(total_steps - warmup, 1),
