@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from kx_vision import config as config_lib
 from kx_vision import losses, metrics
 from kx_vision.config import option
 from kx_vision.errors import ConfigError
@@ -12,6 +13,7 @@ from kx_vision.tasks.common import (
     OptimizerConfig,
     distribute_option,
     precision_option,
+    seed_option,
     time_budget_option,
 )
 
@@ -28,7 +30,7 @@ class ModelConfig:
     backbone_weights: str | None = option(
         None, "backbone weights: imagenet (downloaded once), null (from scratch) or a file path")
     upsampling: str = option("pixel_shuffle", "decoder upsampling", choices=("pixel_shuffle", "transpose"))
-    max_filters: int = option(64, "cap on decoder channels")
+    max_filters: int = option(64, "cap on decoder channels", min=1)
 
 
 @dataclasses.dataclass
@@ -37,29 +39,34 @@ class DataConfig:
     train_masks: list[str] = option([os.path.join(SAMPLE_DIR, "trainannot")], "training mask folder(s), one per image folder")
     val_images: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s) (empty: split from training by group)")
     val_masks: list[str] = option([os.path.join(SAMPLE_DIR, "valannot")], "validation mask folder(s)")
-    val_split: float = option(0.2, "with no validation folders: fraction of training groups (sequences) held out")
-    image_size: list[int] = option([96, 128], "height, width the images are resized to (progressive resizing: raise it)")
-    batch_size: int = option(4, "images per batch")
-    mask_divisor: int = option(1, "mask values are divided by this (255 for 0/255 binary masks)")
+    val_split: float = option(0.2, "with no validation folders: fraction of training groups (sequences) held out",
+                              above=0, below=1)
+    image_size: list[int] = option([96, 128], "height, width the images are resized to (progressive resizing: raise it)",
+                                   min=32)
+    batch_size: int = option(4, "images per batch", min=1)
+    mask_divisor: int = option(1, "mask values are divided by this (255 for 0/255 binary masks)",
+                               min=1, max=255)
     augment: bool = option(True, "random crop, flip and photometric jitter")
 
 
 @dataclasses.dataclass
 class LossConfig:
-    ce_weight: float = option(1.0, "weight of the cross-entropy (void ignored)")
-    dice_weight: float = option(1.0, "weight of the soft dice loss (void ignored)")
+    ce_weight: float = option(1.0, "weight of the cross-entropy (void ignored)", min=0)
+    dice_weight: float = option(1.0, "weight of the soft dice loss (void ignored)", min=0)
 
 
 @dataclasses.dataclass
 class SegmentationConfig:
-    num_classes: int = option(11, "classes (1: binary, sigmoid output)")
-    ignore_class: int | None = option(11, "mask value excluded from loss and metrics (CamVid void: 11), or null")
+    num_classes: int = option(11, "classes (1: binary, sigmoid output); masks hold 8-bit class ids", min=1, max=256)
+    ignore_class: int | None = option(11, "mask value excluded from loss and metrics (CamVid void: 11), or null",
+                                      min=0, max=255)
     class_names: list[str] = option(CAMVID_CLASSES, "names of the classes, for reports")
-    epochs: int = option(30, "training epochs (one pass over the training images each)")
+    epochs: int = option(30, "training epochs (one pass over the training images each)", min=1)
     time_budget: float | None = time_budget_option()
-    freeze_backbone_epochs: int = option(0, "first epochs train with the layers of freeze_layers frozen (BN statistics too)")
+    freeze_backbone_epochs: int = option(0, "first epochs train with the layers of freeze_layers frozen (BN statistics too)",
+                                         min=0)
     freeze_layers: list[str] = option(["backbone"], "prefixes of the (top-level) layer names frozen in those epochs")
-    seed: int = option(0, "seed of initialisation, shuffling and augmentation")
+    seed: int = seed_option("seed of initialisation, shuffling and augmentation")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
     distribute: str = distribute_option()
     precision: str = precision_option()
@@ -75,10 +82,11 @@ MONITOR = ("val_miou", "max")
 
 
 def check_config(config):
-    if len(config.data.image_size) != 2 or min(config.data.image_size) < 32:
+    config_lib.validate(config)  # types and ranges (each image_size item >= 32)
+    if len(config.data.image_size) != 2:
         raise ConfigError(f"config key 'data.image_size' must be [height, width], each >= 32; got {config.data.image_size}")
-    if config.num_classes < 1:
-        raise ConfigError(f"config key 'num_classes' must be >= 1, got {config.num_classes}")
+    if not config.loss.ce_weight and not config.loss.dice_weight:
+        raise ConfigError("config keys 'loss.ce_weight' and 'loss.dice_weight' are both 0: the loss would be 0")
     if config.ignore_class is not None and 0 <= config.ignore_class < max(config.num_classes, 2):
         raise ConfigError(f"config key 'ignore_class' ({config.ignore_class}) must not be one of the classes "
                           f"0..{max(config.num_classes, 2) - 1}")

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from kx_vision import config as config_lib
 from kx_vision.config import option
 from kx_vision.errors import ConfigError
 from kx_vision.tasks.common import (
@@ -12,6 +13,7 @@ from kx_vision.tasks.common import (
     distribute_option,
     pipeline_option,
     precision_option,
+    seed_option,
     time_budget_option,
 )
 
@@ -20,8 +22,8 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "s
 
 @dataclasses.dataclass
 class ModelConfig:
-    num_filters: int = option(32, "channels of the first conv (Johnson: 32)")
-    num_blocks: int = option(5, "residual blocks (Johnson: 5)")
+    num_filters: int = option(32, "channels of the first conv (Johnson: 32)", min=1)
+    num_blocks: int = option(5, "residual blocks (Johnson: 5)", min=1)
     norm: str = option("batch", "normalisation", choices=("batch", "instance"))
     upsampling: str = option("nearest", "upsampling", choices=("nearest", "pixel_shuffle"))
 
@@ -30,27 +32,27 @@ class ModelConfig:
 class DataConfig:
     content: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "content image folder(s)")
     val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation content image folder(s)")
-    crop_size: int = option(128, "side of the random content crops (Johnson: 256)")
-    batch_size: int = option(4, "crops per batch")
+    crop_size: int = option(128, "side of the random content crops (Johnson: 256; at least 8 x num_blocks + 1)", min=1)
+    batch_size: int = option(4, "crops per batch", min=1)
     pipeline: str = pipeline_option()
 
 
 @dataclasses.dataclass
 class LossConfig:
     vgg_weights: str | None = option("imagenet", "VGG16 weights: imagenet, null (random: tests only) or a file path")
-    content_weight: float = option(1.0, "weight of the content term (VGG16 block2_conv2)")
-    style_weight: float = option(1.5, "weight of the Gram style term (block1_conv2 ... block4_conv3)")
-    tv_weight: float = option(0.0, "weight of the total-variation term")
-    style_size: int = option(256, "the style image is resized so its short side is this")
+    content_weight: float = option(1.0, "weight of the content term (VGG16 block2_conv2)", min=0)
+    style_weight: float = option(1.5, "weight of the Gram style term (block1_conv2 ... block4_conv3)", min=0)
+    tv_weight: float = option(0.0, "weight of the total-variation term", min=0)
+    style_size: int = option(256, "the style image is resized so its short side is this", min=16)
 
 
 @dataclasses.dataclass
 class StyleConfig:
     style_image: str | None = option(None, "the style image (required), e.g. ../shared/data/style/starry_night.jpg")
-    epochs: int = option(4, "training epochs")
+    epochs: int = option(4, "training epochs", min=1)
     time_budget: float | None = time_budget_option()
-    steps_per_epoch: int = option(100, "steps per epoch")
-    seed: int = option(0, "seed")
+    steps_per_epoch: int = option(100, "steps per epoch", min=1)
+    seed: int = seed_option()
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto')")
     distribute: str = distribute_option()
     precision: str = precision_option()
@@ -68,6 +70,10 @@ MONITOR = ("val_loss", "min")
 def check_config(config):
     from kx_vision.models import StyleTransferNet
 
+    config_lib.validate(config)
+    if not config.loss.content_weight and not config.loss.style_weight and not config.loss.tv_weight:
+        raise ConfigError("config keys 'loss.content_weight', 'loss.style_weight' and 'loss.tv_weight' are all 0: "
+                          "the loss would be 0")
     if not config.style_image:
         raise ConfigError("config key 'style_image' is required: --set style_image=PATH (paintings to try: ../shared/data/style)")
     if not os.path.isfile(config.style_image):

@@ -15,6 +15,7 @@ from kx_vision.tasks.common import (
     distribute_option,
     pipeline_option,
     precision_option,
+    seed_option,
     time_budget_option,
 )
 
@@ -23,17 +24,17 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "s
 
 @dataclasses.dataclass
 class ModelConfig:
-    num_blocks: int = option(4, "residual blocks (EDSR baseline: 16)")
-    num_filters: int = option(32, "feature channels (EDSR baseline: 64)")
-    residual_scale: float = option(0.1, "multiplier of each residual branch (EDSR: 0.1)")
+    num_blocks: int = option(4, "residual blocks (EDSR baseline: 16)", min=1)
+    num_filters: int = option(32, "feature channels (EDSR baseline: 64)", min=1)
+    residual_scale: float = option(0.1, "multiplier of each residual branch (EDSR: 0.1)", above=0)
 
 
 @dataclasses.dataclass
 class DataConfig:
     train: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "training image folder(s)")
     val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s)")
-    patch_size: int = option(48, "side of the HR training patches, a multiple of the scale")
-    batch_size: int = option(16, "patches per batch")
+    patch_size: int = option(48, "side of the HR training patches, a multiple of the scale", min=1)
+    batch_size: int = option(16, "patches per batch", min=1)
     augment: bool = option(True, "random dihedral transform (8 symmetries) of each patch")
     skip_small: bool = option(False, "skip (with a warning) training images smaller than the patch, instead of stopping")
     pipeline: str = pipeline_option()
@@ -45,16 +46,16 @@ class LossConfig:
     vgg_weights: str | None = option(
         "imagenet", "VGG16 weights of the perceptual loss: imagenet, null or a file path"
     )
-    pixel_weight: float = option(0.01, "weight of the pixel L1 term of the perceptual loss")
+    pixel_weight: float = option(0.01, "weight of the pixel L1 term of the perceptual loss", min=0)
 
 
 @dataclasses.dataclass
 class SuperResConfig:
     scale: int = option(2, "upscaling factor", choices=(2, 3, 4, 8))
-    epochs: int = option(8, "training epochs")
+    epochs: int = option(8, "training epochs", min=1)
     time_budget: float | None = time_budget_option()
-    steps_per_epoch: int = option(200, "training steps per epoch")
-    seed: int = option(0, "seed of weight initialisation and patch sampling")
+    steps_per_epoch: int = option(200, "training steps per epoch", min=1)
+    seed: int = seed_option("seed of weight initialisation and patch sampling")
     jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto'; JAX always compiles)")
     distribute: str = distribute_option()
     precision: str = precision_option()
@@ -62,7 +63,7 @@ class SuperResConfig:
         None, "a .keras model whose weights seed this one, by layer name (e.g. x2 -> x4)"
     )
     freeze_transferred_epochs: int = option(
-        0, "with init_from: epochs training only the layers that were not transferred"
+        0, "with init_from: epochs training only the layers that were not transferred", min=0
     )
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -139,8 +140,10 @@ def build_data(config):
 
 
 def check_config(config):
+    from kx_vision import config as config_lib
     from kx_vision.errors import ConfigError
 
+    config_lib.validate(config)
     if config.data.patch_size % config.scale:
         raise ConfigError(
             f"config key 'data.patch_size' ({config.data.patch_size}) must be a multiple of "
