@@ -30,6 +30,9 @@ class LRFinder(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._step, self._average, self._best, self._previous_mean = 0, 0.0, math.inf, 0.0
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._previous_mean = 0.0  # Keras's running mean restarts with each epoch
+
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate.assign(self.lr_at(self._step))
 
@@ -63,8 +66,11 @@ def suggest_lr(lrs, losses, skip_start=5, skip_end=1):
 
 
 def find_lr(model, dataset, loss, optimizer=None, min_lr=1e-7, max_lr=10.0, num_steps=200, **kwargs):
-    """Run the range test on `model` with `dataset` (endless or repeated), then restore the model's
-    weights exactly. Returns `{"lrs", "losses", "suggestion"}`.
+    """Run the range test on `model` with `dataset`, then restore the model's weights exactly.
+    Returns `{"lrs", "losses", "suggestion"}`.
+
+    `dataset` is endless (a repeated `tf.data.Dataset`) or has a length (a `keras.utils.PyDataset`,
+    as the TensorFlow-free pipelines give): then as many epochs of it run as `num_steps` needs.
 
     The model is compiled with `optimizer` (default Adam) and `loss`; compile it again for training.
     """
@@ -73,7 +79,11 @@ def find_lr(model, dataset, loss, optimizer=None, min_lr=1e-7, max_lr=10.0, num_
     model.compile(optimizer=optimizer, loss=loss)
     finder = LRFinder(min_lr, max_lr, num_steps, **kwargs)
     try:
-        model.fit(dataset, epochs=1, steps_per_epoch=num_steps, callbacks=[finder], verbose=0, shuffle=False)
+        if isinstance(dataset, keras.utils.PyDataset):
+            epochs = math.ceil(num_steps / max(len(dataset), 1))
+            model.fit(dataset, epochs=epochs, callbacks=[finder], verbose=0, shuffle=False)
+        else:
+            model.fit(dataset, epochs=1, steps_per_epoch=num_steps, callbacks=[finder], verbose=0, shuffle=False)
     finally:
         model.set_weights(saved)
     return {"lrs": finder.lrs, "losses": finder.losses, "suggestion": suggest_lr(finder.lrs, finder.losses)}

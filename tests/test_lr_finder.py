@@ -66,3 +66,18 @@ def test_cli_find_lr(tmp_path, capsys):
     result = json.loads((tmp_path / "lr_find.json").read_text())
     assert len(result["lrs"]) <= 30 and (tmp_path / "lr_find.png").is_file()
     assert not (tmp_path / "model.keras").exists()
+
+
+def test_cli_find_lr_with_the_tensorflow_free_pipeline(tmp_path, capsys):
+    """The numpy pipeline gives a PyDataset of steps_per_epoch batches (no `.repeat()`): the range test
+    runs as many epochs of it as it needs (it crashed with AttributeError before)."""
+    from kx_vision import train
+
+    args = ["superres", "--find-lr", "--find-lr-steps", "12", "--output", str(tmp_path),
+            "--set", "model.num_blocks=1", "--set", "model.num_filters=8", "--set", "data.patch_size=16",
+            "--set", "data.batch_size=4", "--set", "steps_per_epoch=5", "--set", "data.pipeline=numpy"]
+    assert train.main(args) == 0
+    assert "LR range test over" in capsys.readouterr().out
+    result = json.loads((tmp_path / "lr_find.json").read_text())
+    assert 5 < len(result["lrs"]) <= 12  # more than one 5-step epoch of the PyDataset (it may stop on divergence)
+    assert result["lrs"] == sorted(result["lrs"]) and np.isfinite(result["losses"][:6]).all()
