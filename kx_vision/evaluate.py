@@ -12,11 +12,15 @@ tensorflow-datasets set (its `hr` or `image` feature is the HR image).
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
+from kx_vision import cli
 from kx_vision.errors import KxVisionError
+
+# Nothing above imports Keras, TensorFlow or JAX: `--help` prints at once. The commands import them.
 
 
 def load_hr_images(data, limit=None):
@@ -29,8 +33,6 @@ def load_hr_images(data, limit=None):
     if limit:
         paths = paths[:limit]
     images, kept = load_images(paths, what="evaluation image")
-    import os
-
     return [os.path.basename(p) for p in kept], images
 
 
@@ -63,9 +65,10 @@ def _load_tfds(spec, limit=None):
     return names, images
 
 
-def resolve_model(name_or_path, scale):
+def resolve_model(name_or_path, scale, command="evaluate superres"):
     """`(predict_fn, scale)` for `bicubic`, a `.keras` file, a preset directory or a preset name (its scale
-    must agree with `scale`)."""
+    must agree with `scale`). A model of another task (a U-Net, a style network) is refused naming the
+    file; the outputs of any other Keras model are checked to be `scale` times the input."""
     from kx_vision import inference
 
     if name_or_path == "bicubic":
@@ -74,14 +77,14 @@ def resolve_model(name_or_path, scale):
         return inference.bicubic(scale), scale
     from kx_vision.models.loading import load_model_or_preset
 
-    model = load_model_or_preset(name_or_path)
+    model = inference.check_task(load_model_or_preset(name_or_path), name_or_path, "superres", command)
     model_scale = getattr(model, "scale", None)
     if scale is not None and model_scale is not None and scale != model_scale:
         raise KxVisionError(f"{name_or_path} is a x{model_scale} model but --scale is {scale}")
     scale = scale or model_scale
     if scale is None:
         raise KxVisionError(f"{name_or_path} does not record its scale; pass --scale")
-    return inference.as_predict_fn(model), scale
+    return inference.checked_output(inference.as_predict_fn(model), name_or_path, "superres", scale), scale
 
 
 def evaluate(predict, names, images, scale, self_ensemble=False):
@@ -121,35 +124,92 @@ def format_table(rows, mean):
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m kx_vision.evaluate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    p = sub.add_parser("superres", help="Y-PSNR / Y-SSIM / RGB-PSNR of a super-resolution model")
+    p = sub.add_parser("superres", help="Y-PSNR / Y-SSIM / RGB-PSNR of a super-resolution model",
+                       description="Y-PSNR / Y-SSIM / RGB-PSNR of a super-resolution model, per image and mean")
     p.add_argument("--model", required=True,
                    help="a .keras model file, a preset directory or name (edsr_baseline_x2), or 'bicubic'")
     p.add_argument("--data", required=True, help="image folder(s), comma-separated, or tfds:NAME[:SPLIT]")
-    p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's)")
-    p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's; required for bicubic)")
+    p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+; 8x slower)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
-    q = sub.add_parser("segmentation", help="mean IoU, per-class IoU and pixel accuracy at full resolution")
+    cli.add_verbose_argument(p)
+    q = sub.add_parser("segmentation", help="mean IoU, per-class IoU and pixel accuracy at full resolution",
+                       description="Mean IoU, per-class IoU and pixel accuracy at full resolution. Classes are "
+                                   "named by --class-names, else by the class_names of the training run's "
+                                   "config.yaml beside the model (or above its checkpoints/ folder), else by index.")
     q.add_argument("--model", required=True, help="a .keras segmentation model")
     q.add_argument("--images", required=True, help="image folder(s), comma-separated")
     q.add_argument("--masks", required=True, help="mask folder(s) (files named like the images)")
     q.add_argument("--num-classes", type=int, required=True, help="classes (1: binary)")
-    q.add_argument("--ignore-class", type=int, default=None, help="mask value to ignore (e.g. 11 for CamVid void)")
-    q.add_argument("--mask-divisor", type=int, default=1, help="divide mask values by this (255 for 0/255 masks)")
-    q.add_argument("--class-names", default=None, help="comma-separated class names for the report")
-    q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    q.add_argument("--ignore-class", type=int, default=None,
+                   help="mask value to ignore, e.g. 11 for CamVid void (default: none)")
+    q.add_argument("--mask-divisor", type=int, default=1,
+                   help="divide mask values by this, 255 for 0/255 masks (default: %(default)s)")
+    q.add_argument("--class-names", default=None,
+                   help="comma-separated class names for the report (default: those saved with the training run, "
+                        "else the class indices)")
+    q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
     q.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
+    cli.add_verbose_argument(q)
     return parser
+
+
+def saved_class_names(model_path, num_classes):
+    """`(names, config_path)` from the training run a model file belongs to: `class_names` of the
+    `config.yaml` that `train` writes beside `model.keras` (one folder up for `checkpoints/*.keras`),
+    when that config declares the model's number of classes and one name per class. `(None, None)`
+    otherwise: the model file itself holds no class names."""
+    import yaml
+
+    folder = os.path.dirname(os.path.abspath(model_path))
+    folders = [folder, os.path.dirname(folder)] if os.path.basename(folder) == "checkpoints" else [folder]
+    for candidate in folders:
+        path = os.path.join(candidate, "config.yaml")
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None, None
+        if not isinstance(values, dict):
+            return None, None
+        names = values.get("class_names")
+        if values.get("num_classes") == num_classes and isinstance(names, list) and \
+                len(names) == max(num_classes, 2):
+            return [str(name) for name in names], path
+        return None, None
+    return None, None
+
+
+def class_names(args):
+    """`(names, source)`: --class-names, else the training run's, else None (indices; background /
+    foreground for a binary model). `source` says where the names came from, for the report."""
+    classes = max(args.num_classes, 2)
+    if args.class_names:
+        names = [name.strip() for name in args.class_names.split(",")]
+        if len(names) != classes:
+            raise KxVisionError(f"--class-names has {len(names)} names but there are {classes} classes "
+                                f"(--num-classes {args.num_classes}{', binary: 2 names' if args.num_classes == 1 else ''})")
+        return names, "--class-names"
+    names, path = saved_class_names(args.model, args.num_classes)
+    if names:
+        return names, path
+    if args.num_classes == 1:
+        return ["background", "foreground"], None
+    return None, None
 
 
 def evaluate_segmentation(args):
     """Scores of a segmentation model on image/mask folders, each image at its own size."""
     from kx_vision.data.masks import find_pairs, load_pairs
-    from kx_vision.inference import as_predict_fn
+    from kx_vision.inference import as_predict_fn, check_task, checked_output
     from kx_vision.models.loading import load_model
     from kx_vision.tasks.segmentation import confusion_matrix, scores_from_confusion
 
-    model = load_model(args.model)
+    names, source = class_names(args)
+    model = check_task(load_model(args.model), args.model, "segmentation", "evaluate segmentation")
     model_classes = getattr(model, "num_classes", None)
     if model_classes is not None and model_classes != args.num_classes:
         raise KxVisionError(f"{args.model} predicts {model_classes} classes but --num-classes is {args.num_classes}")
@@ -158,15 +218,18 @@ def evaluate_segmentation(args):
         pairs = pairs[: args.limit]
     images, masks = load_pairs(pairs, args.num_classes, args.ignore_class, args.mask_divisor)
     batches = ((image[None].astype(np.float32) / 255.0, mask[None]) for image, mask in zip(images, masks))
-    cm = confusion_matrix(as_predict_fn(model), batches, args.num_classes, args.ignore_class)
-    names = args.class_names.split(",") if args.class_names else (
-        ["background", "foreground"] if args.num_classes == 1 else None)
-    return scores_from_confusion(cm, names), len(images)
+    predict = checked_output(as_predict_fn(model), args.model, "segmentation", channels=args.num_classes)
+    cm = confusion_matrix(predict, batches, args.num_classes, args.ignore_class)
+    scores = scores_from_confusion(cm, names)
+    scores["class_names_from"] = source
+    return scores, len(images)
 
 
 def main_segmentation(args):
     scores, count = evaluate_segmentation(args)
     print(f"{args.model} on {args.images} ({count} images)")
+    if scores["class_names_from"]:
+        print(f"class names from {scores['class_names_from']}")
     width = max(len(k) for k in scores["per_class_iou"])
     for name, value in scores["per_class_iou"].items():
         print(f"{name:<{width}}  IoU {'  n/a' if value is None else f'{value:.3f}'}")
@@ -175,22 +238,10 @@ def main_segmentation(args):
         print(json.dumps({**scores, "images": count, "model": args.model}))
 
 
-def main(argv=None):
-    args = _parser().parse_args(argv)
-    if args.task == "segmentation":
-        try:
-            main_segmentation(args)
-        except KxVisionError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        return 0
-    try:
-        predict, scale = resolve_model(args.model, args.scale)
-        names, images = load_hr_images(args.data, args.limit)
-        rows, mean = evaluate(predict, names, images, scale, args.self_ensemble)
-    except KxVisionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def main_superres(args):
+    predict, scale = resolve_model(args.model, args.scale)
+    names, images = load_hr_images(args.data, args.limit)
+    rows, mean = evaluate(predict, names, images, scale, args.self_ensemble)
     print(f"{args.model} x{scale}{' (self-ensemble)' if args.self_ensemble else ''} on {args.data}")
     print(format_table(rows, mean))
     if args.json:
@@ -204,7 +255,13 @@ def main(argv=None):
             "per_image": rows,
         }
         print(json.dumps(result))
-    return 0
+
+
+def main(argv=None):
+    """Exit status: 0 done, 2 bad input (one line on stderr naming it), 130 interrupted."""
+    args = _parser().parse_args(argv)
+    cli.quiet_start(args.verbose, tensorflow=os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow")
+    return cli.run(lambda: main_segmentation(args) if args.task == "segmentation" else main_superres(args))
 
 
 if __name__ == "__main__":

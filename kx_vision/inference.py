@@ -8,6 +8,70 @@ import numpy as np
 from keras import ops
 
 from kx_vision.data import transforms
+from kx_vision.errors import KxVisionError
+
+# What each command takes, in the words of its error messages.
+EXPECTED = {
+    "superres": "a super-resolution model (EDSR, a preset, or 'bicubic')",
+    "segmentation": "a segmentation model (UNet, UpsampleHeadNet, ...)",
+    "style": "a style-transfer network (StyleTransferNet)",
+}
+
+
+def model_task(model):
+    """'superres', 'segmentation' or 'style' for kx_vision's models; None for any other Keras model."""
+    from kx_vision.models import EDSR, StyleTransferNet
+
+    if isinstance(model, EDSR):
+        return "superres"
+    if isinstance(model, StyleTransferNet):
+        return "style"
+    if type(model).__module__.startswith("kx_vision.") and hasattr(model, "num_classes"):
+        return "segmentation"  # UNet, UpsampleHeadNet, and any later kx_vision segmentation model
+    return None
+
+
+def describe_model(model):
+    """What a model is, for messages: "a x2 super-resolution model (EDSR)"."""
+    name = type(model).__name__
+    task = model_task(model)
+    if task == "superres":
+        return f"a x{model.scale} super-resolution model ({name})"
+    if task == "segmentation":
+        classes = "binary" if model.num_classes == 1 else f"{model.num_classes} classes"
+        return f"a segmentation model ({name}, {classes})"
+    if task == "style":
+        return f"a style-transfer network ({name})"
+    return f"a Keras model of class {name}"
+
+
+def check_task(model, path, task, command):
+    """Refuse, in one message naming the file, a kx_vision model of another task than `task`
+    (a U-Net given to `predict superres`). Other Keras models pass: their outputs are checked
+    as they come (`checked_output`)."""
+    kind = model_task(model)
+    if kind is not None and kind != task:
+        raise KxVisionError(f"{path} is {describe_model(model)}; `{command}` expects {EXPECTED[task]}")
+    return model
+
+
+def checked_output(predict, path, task, scale=1, channels=3):
+    """`predict` that checks each output's shape against `task`'s: `(N, h * scale, w * scale, 3)`
+    for an image, `(N, h, w, channels)` for class probabilities (`channels=None`: any number); any
+    other shape raises one message naming the model file instead of failing later in NumPy."""
+
+    def checked(batch):
+        out = np.asarray(predict(batch))
+        n, h, w = batch.shape[:3]
+        want = (n, h * scale, w * scale, channels or (out.shape[-1] if out.ndim == 4 else "C"))
+        if out.shape != want:
+            what = {"superres": f"a x{scale} super-resolution model", "style": "a style-transfer network",
+                    "segmentation": "a segmentation model" + (f" of {channels} classes" if channels else "")}[task]
+            raise KxVisionError(f"{path} returned an output of shape {out.shape} for an input of shape "
+                                f"{tuple(batch.shape)}; {what} returns {want}")
+        return out
+
+    return checked
 
 
 def as_predict_fn(model):

@@ -40,6 +40,33 @@ def test_pairs_by_name_and_missing_mask(tmp_path, rng):
         load_pairs(find_pairs(str(tmp_path / "images"), str(tmp_path / "masks")), 2)
 
 
+def test_unreadable_images_and_masks_are_skipped_and_counted(tmp_path, rng):
+    for name in ("a", "b", "c", "d"):
+        _pair(tmp_path, name, rng.integers(0, 256, (16, 12, 3), dtype=np.uint8), rng.integers(0, 3, (16, 12), dtype=np.uint8))
+    truncated = (tmp_path / "images" / "b.jpg").read_bytes()
+    (tmp_path / "images" / "b.jpg").write_bytes(truncated[: len(truncated) // 2])  # a truncated JPEG
+    (tmp_path / "masks" / "c.png").write_bytes((tmp_path / "masks" / "c.png").read_bytes()[:40])  # a truncated mask
+    pairs = find_pairs(str(tmp_path / "images"), str(tmp_path / "masks"))
+    with pytest.warns(UserWarning) as caught:
+        images, masks = load_pairs(pairs, 3)
+    messages = [str(w.message) for w in caught]
+    assert len(images) == len(masks) == 2 and images[0].shape == (16, 12, 3)
+    np.testing.assert_array_equal(masks[1], np.asarray(Image.open(tmp_path / "masks" / "d.png")))
+    assert any("b.jpg" in m and "cannot read image" in m for m in messages)
+    assert any("c.png" in m and "cannot read mask" in m for m in messages)
+    assert "skipped 2 unreadable image/mask pair(s) of 4" in messages[-1]
+    # A mask of another size, or with values outside the classes, is a mistake in the data set: it stops.
+    Image.fromarray(np.zeros((16, 10), np.uint8)).save(tmp_path / "masks" / "d.png")
+    with pytest.raises(DataError, match=r"image .*d.jpg is 12x16 but its mask .*d.png is 10x16"):
+        load_pairs(pairs[3:], 3)
+    Image.fromarray(np.full((16, 12), 7, np.uint8)).save(tmp_path / "masks" / "d.png")
+    with pytest.raises(DataError, match=r"d.png has values \[7\] outside the declared classes"):
+        load_pairs(pairs[3:], 3)
+    # Nothing readable at all.
+    with pytest.raises(DataError, match="none of the 2 image/mask pairs could be read"), pytest.warns(UserWarning):
+        load_pairs(pairs[1:3], 3)
+
+
 def test_group_split_keeps_sequences_together():
     names = [f"{seq}_{i:05d}.png" for seq in ("0001TP", "0006R0", "0016E5", "Seq05VD") for i in range(10)]
     items = [(n, n) for n in names]

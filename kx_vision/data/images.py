@@ -5,8 +5,10 @@ BMP, TIFF, WebP, palette and 16-bit PNGs), works where TensorFlow is absent, and
 when one is unreadable.
 """
 
+import contextlib
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -66,18 +68,74 @@ def to_rgb_array(image, path="<image>"):
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path):
-    """Decode one file to an `(H, W, 3)` uint8 RGB array; `DataError` naming the file if unreadable."""
+class UnreadableFileError(DataError):
+    """A file that cannot be decoded: corrupt, truncated, or not an image at all. Loaders of many files
+    skip these with a warning and count them; other `DataError`s (a mask of the wrong kind, sizes that
+    disagree) stop the run."""
+
+
+class TooLargeImageError(DataError):
+    """An image beyond Pillow's decompression-bomb limit (`pixel_limit`)."""
+
+
+def pixel_limit():
+    """The most pixels an image may have, or None: Pillow's decompression-bomb limit. Pillow warns
+    above `Image.MAX_IMAGE_PIXELS` (89,478,485 pixels, about 89 megapixels, by default) and refuses
+    above twice that (about 179 megapixels); kx_vision refuses above the same 2x limit, without the
+    warning."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+
+
+def _pixels(count):
+    return f"{count / 1e6:.0f} megapixels" if count >= 1e6 else f"{count} pixels"
+
+
+def _too_large(path, pixels):
+    return TooLargeImageError(
+        f"{path} has {_pixels(pixels)}, beyond Pillow's decompression-bomb limit of {_pixels(pixel_limit())}")
+
+
+@contextlib.contextmanager
+def _any_size():
+    # Pillow reads its limit from a module global; lifted only for a caller that asked for it.
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb_array(image, path)
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_image(path, allow_large=False):
+    """Decode one file: `(rgb_uint8, notes)`, `notes` listing what was converted ("alpha channel
+    dropped", "16-bit image scaled to 8 bits"). Raises `UnreadableFileError` naming the file if it
+    cannot be decoded, and `TooLargeImageError` beyond `pixel_limit()` unless `allow_large`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse at 2x, as Pillow does
+            with _any_size() if allow_large else contextlib.nullcontext(), Image.open(path) as image:
+                notes = []
+                if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                    notes.append("alpha channel dropped")
+                if image.mode.startswith("I;16") or image.mode == "I":
+                    notes.append("16-bit image scaled to 8 bits")
+                image.load()
+                return to_rgb_array(image, path), notes
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
     except Image.DecompressionBombError as error:
-        raise DataError(f"{path}: {error}") from error
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        if pixels is None:
+            raise TooLargeImageError(f"{path}: {error}") from error
+        raise _too_large(path, int(pixels.group(1))) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise UnreadableFileError(f"cannot read image {path}: {error}") from error
+
+
+def load_image(path):
+    """Decode one file to an `(H, W, 3)` uint8 RGB array; `DataError` naming the file if unreadable
+    (`UnreadableFileError`) or beyond the decompression-bomb limit (`TooLargeImageError`)."""
+    return read_image(path)[0]
 
 
 def load_images(paths, min_size=None, what="image", skip_small=False):

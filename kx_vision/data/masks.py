@@ -2,11 +2,12 @@
 
 import os
 import random
+import warnings
 
 import numpy as np
 from PIL import Image
 
-from kx_vision.data.images import list_images, load_image
+from kx_vision.data.images import UnreadableFileError, list_images, load_image
 from kx_vision.errors import DataError
 
 
@@ -38,7 +39,8 @@ def load_mask(path, num_classes, ignore_class=None, divisor=1):
 
     Masks hold one class id per pixel (8-bit grayscale or palette indices; not colours). Values are
     divided by `divisor` first (255 for 0/255 binary masks). Any value outside `0..num_classes-1`
-    (`0..1` for binary) and `ignore_class` raises `DataError` naming the file and the values.
+    (`0..1` for binary) and `ignore_class` raises `DataError` naming the file and the values; a file
+    that cannot be decoded raises `UnreadableFileError`.
     """
     try:
         with Image.open(path) as image:
@@ -50,8 +52,8 @@ def load_mask(path, num_classes, ignore_class=None, divisor=1):
             mask = np.asarray(image).astype(np.int64)
     except DataError:
         raise
-    except Exception as error:  # noqa: BLE001
-        raise DataError(f"cannot read mask {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - Pillow's many failure types (truncated, not an image, ...)
+        raise UnreadableFileError(f"cannot read mask {path}: {error}") from error
     if divisor != 1:
         mask = mask // divisor
     allowed = set(range(max(num_classes, 2)))
@@ -66,17 +68,41 @@ def load_mask(path, num_classes, ignore_class=None, divisor=1):
 
 
 def load_pairs(pairs, num_classes, ignore_class=None, divisor=1):
-    """Decode `(image, mask)` file pairs; `(images, masks)` lists of uint8 arrays, sizes checked."""
-    images, masks = [], []
+    """Decode `(image, mask)` file pairs; `(images, masks)` lists of uint8 arrays, sizes checked.
+
+    As for super-resolution images (`images.load_images`), a pair whose image cannot be used
+    (unreadable, truncated, too large) or whose mask cannot be decoded is skipped with a warning naming
+    the file, and the skipped pairs are counted in a last warning. A mask that holds colours or values
+    outside the classes, or whose size differs from its image's, stops with a `DataError` naming it:
+    that is a mistake in the data set, not a damaged file.
+    """
+    images, masks, skipped = [], [], []
+
+    def skip(path, error):
+        warnings.warn(f"skipping image/mask pair {path}: {error}", stacklevel=3)
+        skipped.append(path)
+
     for image_path, mask_path in pairs:
-        image = load_image(image_path)
-        mask = load_mask(mask_path, num_classes, ignore_class, divisor)
+        try:
+            image = load_image(image_path)
+        except DataError as error:  # unreadable, too large, floating-point: skipped, as `load_images` does
+            skip(image_path, error)
+            continue
+        try:
+            mask = load_mask(mask_path, num_classes, ignore_class, divisor)
+        except UnreadableFileError as error:  # colours or values outside the classes stop the run
+            skip(image_path, error)
+            continue
         if image.shape[:2] != mask.shape:
             raise DataError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask "
                             f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}")
         images.append(image)
         masks.append(mask)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image/mask pair(s) of {len(pairs)}", stacklevel=2)
     if not images:
+        if skipped:
+            raise DataError(f"none of the {len(pairs)} image/mask pairs could be read (first: {pairs[0][0]})")
         raise DataError("no image/mask pairs")
     return images, masks
 

@@ -1,10 +1,30 @@
 """Loading saved models and presets safely, and moving weights between models by layer name."""
 
+import json
 import os
+import zipfile
+import zlib
 
 import keras
 
 from kx_vision.errors import KxVisionError
+
+
+def _not_a_keras_file(path):
+    """Why `path` is not a `.keras` archive Keras can read (a zip holding `config.json` and the
+    weights), or None if it looks like one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except zipfile.BadZipFile:
+        return "not a zip archive: truncated, or not a saved Keras model"
+    except OSError as error:
+        return f"cannot read it: {error.strerror or error}"
+    if "config.json" not in names:
+        return "no config.json in the archive"
+    if not names & {"model.weights.h5", "model.weights.npz"}:
+        return "no model.weights.h5 in the archive"
+    return None
 
 
 def load_model(path):
@@ -15,6 +35,9 @@ def load_model(path):
         raise KxVisionError(f"model file not found: {path}")
     if not path.endswith(".keras"):
         raise KxVisionError(f"{path}: expected a .keras model file")
+    problem = _not_a_keras_file(path)
+    if problem:
+        raise KxVisionError(f"{path} is not a valid .keras file ({problem})")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - any failure becomes one message naming the file
@@ -23,6 +46,10 @@ def load_model(path):
                 f"{path} contains code (e.g. a Lambda layer); refusing to load it with "
                 "safe_mode on"
             ) from error
+        if isinstance(error, (zipfile.BadZipFile, zlib.error, json.JSONDecodeError, EOFError)) or (
+                isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))):
+            # A damaged archive: a corrupt member, a config that is not JSON, truncated weights (h5py's OSError).
+            raise KxVisionError(f"{path} is not a valid .keras file ({type(error).__name__}: {error})") from error
         raise KxVisionError(f"cannot load model {path}: {type(error).__name__}: {error}") from error
 
 
