@@ -13,8 +13,11 @@ Benchmarks (`--only`, comma-separated):
 - `style_infer`: style network inference at 1024x1024.
 - `sr_infer`: EDSR-baseline x4 inference of a 1024x1024 image (output 4096x4096).
 - `pipeline`: input-pipeline throughput (images/s) of the real super-resolution pipelines (tf.data and the
-  NumPy PyDataset) on ../shared/data/sr/T91 + BSD200, and the segmentation tf.data pipeline on CamVid, on the
-  CPU.
+  NumPy PyDataset) on ../shared/data/sr/T91 + BSD200 (or `--pipeline-data`), and the segmentation tf.data
+  pipeline on CamVid, on the CPU.
+
+Without TensorFlow (the GPU machine, JAX backend) `edsr_train`, `sr_infer`, `style_infer` and the NumPy
+`pipeline` run; `benchmarks/device.sh` runs `edsr_train` there one precision and one config per process.
 
 Timing: each measurement runs `--repeats` timed rounds of `--steps` steps after one warm-up round (compilation
 excluded) and reports the median; a round ends by reading a value back from the device, so queued work is
@@ -111,10 +114,11 @@ class _EpochTimer:
 
 
 def time_fit(model, xs, ys, steps, repeats):
-    """Median seconds per `model.fit` step over `repeats` epochs of `steps` steps, after one warm-up epoch."""
+    """`(seconds, warmup_seconds)`: median seconds per `model.fit` step over `repeats` epochs of `steps` steps,
+    and the length of the warm-up epoch before them (compilation included)."""
     timer = _EpochTimer()
     model.fit(_DeviceBatches(xs, ys, steps), epochs=repeats + 1, callbacks=[timer], verbose=0)
-    return statistics.median(timer.times[1:]) / steps
+    return statistics.median(timer.times[1:]) / steps, timer.times[0]
 
 
 def random_batches(shape_x, shape_y, count=4, labels=None):
@@ -149,12 +153,12 @@ def bench_edsr_train(args):
             model.compile(optimizer=train.build_optimizer(config, 10_000), loss=superres.build_loss(config),
                           metrics=superres.build_metrics(config))
             xs, ys = random_batches((batch, lr_size, lr_size, 3), (batch, lr_size * 2, lr_size * 2, 3))
-            seconds = time_fit(model, xs, ys, args.steps, args.repeats)
+            seconds, warmup = time_fit(model, xs, ys, args.steps, args.repeats)
             flops = edsr_train_flops(batch, lr_size, 2, blocks, filters)
             emit({"benchmark": "edsr_train", "model": f"EDSR x2 {blocks} blocks {filters} filters",
                   "precision": precision, "batch": batch, "size": lr_size, "step_ms": round(seconds * 1e3, 3),
-                  "images_per_s": round(batch / seconds, 1), "tflops": round(flops / seconds / 1e12, 2)},
-                 args.out)
+                  "images_per_s": round(batch / seconds, 1), "tflops": round(flops / seconds / 1e12, 2),
+                  "steps": args.steps, "repeats": args.repeats, "warmup_s": round(warmup, 2)}, args.out)
             keras.config.set_dtype_policy("float32")
 
 
@@ -171,10 +175,10 @@ def bench_unet_train(args):
         model = UNet(num_classes=12, backbone="resnet50", backbone_weights=None)
         model.compile(optimizer=Adam(1e-3), loss=SegmentationLoss(12, ignore_class=11))
         xs, ys = random_batches((batch, height, width, 3), (batch, height, width, 1), labels=12)
-        seconds = time_fit(model, xs, ys, args.steps, args.repeats)
+        seconds, warmup = time_fit(model, xs, ys, args.steps, args.repeats)
         emit({"benchmark": "unet_train", "model": "U-Net ResNet50", "precision": precision, "batch": batch,
               "size": f"{height}x{width}", "step_ms": round(seconds * 1e3, 3),
-              "images_per_s": round(batch / seconds, 2), "tflops": None}, args.out)
+              "images_per_s": round(batch / seconds, 2), "tflops": None, "warmup_s": round(warmup, 2)}, args.out)
         keras.config.set_dtype_policy("float32")
 
 
@@ -239,7 +243,8 @@ def bench_pipeline(args):
     from kx_vision.data import arrays
     from kx_vision.data.superres import load_folders
 
-    folders = [SHARED_DATA / "sr" / "T91", SHARED_DATA / "sr" / "BSD200"]
+    folders = ([Path(p) for p in args.pipeline_data.split(",") if p] if args.pipeline_data
+               else [SHARED_DATA / "sr" / "T91", SHARED_DATA / "sr" / "BSD200"])
     if not all(f.is_dir() for f in folders):
         print(f"pipeline: skipped, {folders[0].parent} is absent", file=sys.stderr)
         return
@@ -296,6 +301,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--quick", action="store_true", help="reduced models and sizes, for a CPU")
+    parser.add_argument("--pipeline-data", default=None, metavar="DIRS",
+                        help="pipeline: comma-separated training folders (default: ../shared/data/sr/T91,BSD200)")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     args.configs = [tuple(int(v) for v in c.split("x")) for c in args.configs]
