@@ -9,7 +9,7 @@
   `KERAS_DISTRIBUTION_JOB_ADDRESSES`, `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`
   variables) then `DataParallel` over the devices of all processes. TensorFlow:
   `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG` (with two fixes to Keras 3.15's TensorFlow
-  trainer, applied only under that strategy: see `_KerasMultiWorkerFixes`).
+  trainer, applied only under that strategy: see `kx_vision.keras_fixes`).
 - `auto` (default): `multi_worker` when one of those cluster variables is set, `mirrored` when this host has
   several accelerators, otherwise `none`.
 
@@ -24,13 +24,18 @@ replica evaluates the whole batch and all metrics (means, IoU confusion counts) 
 batch sizes; validation then takes as long as on one device.
 
 BatchNorm: on JAX the train step is one program over the global batch, so batch statistics are global;
-on TensorFlow, BatchNorm layers all-reduce their statistics across replicas (`_synchronize_batchnorm`), so
-the two agree and an N-device run matches a one-device one.
+on TensorFlow, BatchNorm layers all-reduce their statistics across replicas (`keras_fixes.two_pass_batchnorm`),
+so the two agree and an N-device run matches a one-device one.
+
+Where Keras itself falls short (its one-pass synchronized BatchNorm variance, its TensorFlow trainer under
+`MultiWorkerMirroredStrategy`), the workarounds live in `kx_vision.keras_fixes`, guarded by the Keras versions
+they were written for, each with a test that fails once Keras no longer needs it.
 """
 
 import contextlib
 import os
 
+from kx_vision import keras_fixes
 from kx_vision.errors import ConfigError
 
 MODES = ("auto", "none", "mirrored", "multi_worker")
@@ -87,14 +92,18 @@ class Distribution:
     def prepare_fit(self, model):
         """Call after `model.compile`, inside `scope()`, before `model.fit`."""
         if self.mode == "multi_worker" and self.strategy is not None:
-            _KerasMultiWorkerFixes.apply(model, self.strategy)
+            keras_fixes.MultiWorkerFit.apply(model, self.strategy)
         return model
+
+    def fitting(self, model):
+        """Wrap `model.fit` in this (the scope of a Keras workaround under MultiWorkerMirroredStrategy)."""
+        return keras_fixes.MultiWorkerFit.fitting(model)
 
     def prepare_model(self, model):
         """TensorFlow replicas: all-reduce BatchNorm statistics (JAX does so by construction)."""
         if self.strategy is not None and self.num_replicas > 1:
             for layer in _batchnorm_layers(model):
-                _synchronize_batchnorm(layer)
+                keras_fixes.two_pass_batchnorm(layer)
         return model
 
     def __repr__(self):
@@ -106,36 +115,6 @@ def _batchnorm_layers(model):
     import keras
 
     return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-
-
-def _synchronize_batchnorm(layer):
-    """Make a BatchNorm layer use the statistics of the global batch when training under a TensorFlow
-    strategy: mean first, then the mean squared deviation, each all-reduced over the replicas.
-
-    Not Keras's `synchronized=True`: it computes the variance in one pass, as E[x^2] - E[x]^2, which in
-    float32 loses digits when |mean| >> std. On a U-Net that was ~3e-6 relative in the activations, enough
-    to flip the odd ReLU and change one step's gradients by 1e-3 relative (measured). Two passes agree with
-    one device's `tf.nn.moments` to rounding. It also leaves the saved config alone (`synchronized` is
-    TensorFlow-only and would stop the file loading on JAX). The override lives on the layer instance only.
-    """
-    import tensorflow as tf
-
-    keras_moments = layer._moments
-
-    def moments(inputs, mask):
-        context = tf.distribute.get_replica_context()
-        if mask is not None or context is None or context.num_replicas_in_sync == 1:
-            return keras_moments(inputs, mask)
-        axes = list(layer._reduction_axes)
-        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)), inputs.dtype)
-        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-        total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(inputs, axes, keepdims=True))
-        mean = total / count
-        squares = tf.reduce_sum(tf.math.squared_difference(inputs, mean), axes, keepdims=True)
-        variance = context.all_reduce(tf.distribute.ReduceOp.SUM, squares) / count
-        return tf.squeeze(mean, axes), tf.squeeze(variance, axes)
-
-    layer._moments = moments
 
 
 def _is_tf_data(dataset):
@@ -249,77 +228,6 @@ def _cached_strategy(key, make):
     if key not in _STRATEGIES:
         _STRATEGIES[key] = make()
     return _STRATEGIES[key]
-
-
-class _KerasMultiWorkerFixes:
-    """Two fixes that let `model.fit` run under `MultiWorkerMirroredStrategy` with Keras 3.15's TensorFlow
-    trainer (`keras/src/backend/tensorflow/trainer.py`), which otherwise fails before the first step:
-
-    1. `_maybe_symbolic_build` builds the model from the first batch reduced with
-       `strategy.reduce("MEAN", batch, axis=None)`; across workers that nested `PerReplica` batch cannot be
-       converted ("Attempt to convert a value (PerReplica...) to a Tensor"). We build the model, loss,
-       metrics and optimizer symbolically ourselves, from one replica's batch, and make that method a
-       no-op for this model.
-    2. `reduce_per_replica` averages every step output across workers with `strategy.reduce("MEAN", v,
-       axis=0)`, which fails on the scalar losses and metrics ("Invalid reduction dimension 0 for input with
-       0 dimensions"). We reduce scalars with `axis=None` (the mean over replicas, what MirroredStrategy
-       gives on one host) and hand everything else to Keras unchanged.
-
-    Both touch private Keras code, so they are applied only under `MultiWorkerMirroredStrategy`; the
-    two-worker test in tests/test_distribute.py shows the result trains like JAX's multi-process run.
-    """
-
-    _patched = False
-
-    @classmethod
-    def apply(cls, model, strategy):
-        cls._patch_reduce_per_replica()
-
-        def symbolic_build(iterator=None, data_batch=None):
-            if iterator is not None:
-                for _, _, batches in iterator:
-                    data_batch = _one_replica(strategy, next(batches))
-                    break
-            with strategy.scope():
-                model._symbolic_build(data_batch=data_batch)
-
-        model._maybe_symbolic_build = symbolic_build
-
-    @classmethod
-    def _patch_reduce_per_replica(cls):
-        if cls._patched:
-            return
-        import tensorflow as tf
-        from keras.src import tree
-        from keras.src.backend.tensorflow import trainer
-
-        original = trainer.reduce_per_replica
-
-        def reduce_per_replica(values, strategy, reduction):
-            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or reduction not in (
-                    "auto", "mean"):
-                return original(values, strategy, reduction)
-
-            def reduce(value):
-                if _first_replica(strategy, value).shape.rank == 0:
-                    return strategy.reduce("MEAN", value, axis=None)
-                return original(value, strategy, reduction)
-
-            return tree.map_structure(reduce, values)
-
-        trainer.reduce_per_replica = reduce_per_replica
-        cls._patched = True
-
-
-def _first_replica(strategy, value):
-    """This worker's first replica's part of a per-replica value (the value itself for a plain tensor)."""
-    return strategy.experimental_local_results(value)[0]
-
-
-def _one_replica(strategy, batch):
-    from keras.src import tree
-
-    return tree.map_structure(lambda v: None if v is None else _first_replica(strategy, v), batch)
 
 
 def _setup_jax(mode):

@@ -114,7 +114,9 @@ def find_learning_rate(task, config, output, num_steps=200):
     data = task.build_data(config)
     model = task.build_model(config)
     _initialise(model, config)
-    train_data = data["train"] if data.get("endless") else data["train"].repeat()
+    train_data = data["train"]
+    if not data.get("endless") and hasattr(train_data, "repeat"):  # a finite tf.data.Dataset
+        train_data = train_data.repeat()
     result = lr_finder.find_lr(model, train_data, task.build_loss(config), num_steps=num_steps)
     lr_finder.save_plot(result, os.path.join(output, "lr_find.png"))
     lr_finder.save_json(result, os.path.join(output, "lr_find.json"))
@@ -397,16 +399,17 @@ def _fit(task, config, output, dist, verbose, extra_callbacks, overwrite):
             callbacks.append(budget)  # last: its state file is written after the epoch's checkpoints
         callbacks.extend(extra_callbacks)
         if initial < last and not (budget is not None and budget.exhausted):
-            model.fit(
-                data["train"],
-                initial_epoch=initial,
-                epochs=last,
-                steps_per_epoch=data["steps_per_epoch"] if data.get("endless") else None,
-                validation_data=data["val"],
-                callbacks=callbacks,
-                shuffle=False,  # the tf.data pipelines shuffle / sample at random themselves
-                verbose=verbose if dist.is_chief else 0,
-            )
+            with dist.fitting(model):
+                model.fit(
+                    data["train"],
+                    initial_epoch=initial,
+                    epochs=last,
+                    steps_per_epoch=data["steps_per_epoch"] if data.get("endless") else None,
+                    validation_data=data["val"],
+                    callbacks=callbacks,
+                    shuffle=False,  # the tf.data pipelines shuffle / sample at random themselves
+                    verbose=verbose if dist.is_chief else 0,
+                )
         if guard.diverged is not None:
             raise TrainingDiverged(_diverged_message(guard.diverged, checkpoint, config, output))
         if name != phases[-1][0]:

@@ -142,6 +142,14 @@ def worker(folder, out):
     print(json.dumps({"worker": index, "replicas": seen["dist"].num_replicas, "chief": seen["dist"].is_chief}))
 
 
+def worker_unfixed(folder, out):
+    """`worker` without kx_vision.keras_fixes.MultiWorkerFit: fails while Keras still needs it."""
+    from kx_vision import keras_fixes
+
+    keras_fixes.MultiWorkerFit.apply = classmethod(lambda cls, model, strategy: model)
+    worker(folder, out)
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"equivalence": equivalences, "resume": resumes, "worker": worker}[command](*args)
+    {"equivalence": equivalences, "resume": resumes, "worker": worker, "worker-unfixed": worker_unfixed}[command](*args)

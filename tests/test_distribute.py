@@ -141,6 +141,30 @@ def test_two_workers_on_localhost_agree(folders, tmp_path):
     assert len(history) == 2 and "val_psnr" in history[0]  # one epoch, logged once, with validation
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a workaround for Keras's TensorFlow trainer")
+def test_keras_still_needs_the_multi_worker_fixes(folders, tmp_path):
+    """Without kx_vision.keras_fixes.MultiWorkerFit, Keras's TensorFlow trainer cannot start `fit` under
+    MultiWorkerMirroredStrategy. If this fails, Keras fixed it: delete MultiWorkerFit."""
+    ports = [_free_port(), _free_port()]
+    workers = [subprocess.Popen([sys.executable, str(WORKER), "worker-unfixed", str(folders), str(tmp_path / "run")],
+                                env=_cluster_env(i, ports), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(2)]
+    outputs = []
+    try:
+        for w in workers:
+            try:
+                outputs.append(w.communicate(timeout=240))
+            except subprocess.TimeoutExpired:  # a worker left waiting for its failed peer
+                w.kill()
+                outputs.append(w.communicate())
+    finally:
+        for w in workers:
+            w.kill()
+    assert all(w.returncode != 0 for w in workers)
+    errors = "".join(stderr for _, stderr in outputs)
+    assert "PerReplica" in errors or "Invalid reduction dimension" in errors, errors[-3000:]
+
+
 def test_bad_distribute_settings_are_explained(folders, tmp_path, monkeypatch):
     from kx_vision import config as config_lib
     from kx_vision import distribute
