@@ -187,60 +187,89 @@ def gram_matrix(features):
 JOHNSON_STYLE_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
 
 
+# The layers of keras.applications.VGG16 (include_top=False) a feature loss can read.
+VGG16_LAYERS = tuple(f"block{block}_{kind}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+                     for kind in [f"conv{i}" for i in range(1, convs + 1)] + ["pool"])
+
+# The lesson's choice (style-transfer-net): VGG blocks 2-5 hooked before each max-pool, content from the
+# third of them, a Gram term at each with its own weight.
+LESSON_STYLE_LAYERS = ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
+LESSON_STYLE_LAYER_WEIGHTS = (0.025, 0.275, 5.0, 0.2)
+LESSON_CONTENT_LAYERS = ("block4_conv3",)
+
+
 @keras.saving.register_keras_serializable(package="kx_vision")
 class StyleTransferLoss(keras.losses.Loss):
     """Perceptual loss of fast style transfer (Johnson et al. 2016), per image in the batch.
 
-    `content_weight * MSE(VGG16 content features of prediction and content image)
+    `content_weight * mean_l MSE(VGG16 features at content layer l of prediction and content image)
     + style_weight * sum_l layer_weight_l * ||G_l(prediction) - G_l(style)||^2 (mean over entries)
     + tv_weight * total variation`, with `G` the batched Gram matrix normalised by `C*H*W` and the
     style image's Gram matrices computed once, at construction. `y_true` is the content image,
     `y_pred` the stylised output, both RGB in [0, 1]. `parts()` returns each term, for display.
 
     Args:
-        style_image: `(H, W, 3)` RGB array in [0, 1] (or uint8), or an image file path.
+        style_image: an image file path (read with `keras.utils.load_img`), or an `(H, W, 3)` RGB
+            array in [0, 1] (or uint8). Only a path goes into `get_config`: a loss built from an
+            array saves without it and cannot be rebuilt from its config.
+        style_size: if set, the style image is resized (bicubic) so that its short side is this.
         weights: VGG16 weights: "imagenet" (default), `None` (random, for tests) or a file path.
-        content_layer, style_layers, style_layer_weights: VGG16 layers (Johnson's relu2_2 and
-            relu1_2 / relu2_2 / relu3_3 / relu4_3 by default) and per-style-layer weights.
+        content_layers, style_layers, style_layer_weights: VGG16 layers (Johnson's relu2_2 and
+            relu1_2 / relu2_2 / relu3_3 / relu4_3 by default; the lesson's choice is
+            `LESSON_CONTENT_LAYERS`, `LESSON_STYLE_LAYERS`, `LESSON_STYLE_LAYER_WEIGHTS`) and
+            per-style-layer weights (default: 1 each). `content_layer` (one name) is accepted too.
         content_weight, style_weight, tv_weight: weights of the three terms. The default ratio
             (1.5) is pytorch/examples' fast_neural_style balance (1e5 : 1e10) carried over to VGG
             features on the caffe 0-255 scale (Gram terms grow as scale^4, content as scale^2).
     """
 
-    def __init__(self, style_image, weights="imagenet", content_layer="block2_conv2",
+    def __init__(self, style_image, weights="imagenet", content_layers=("block2_conv2",),
                  style_layers=JOHNSON_STYLE_LAYERS, style_layer_weights=None, content_weight=1.0,
-                 style_weight=1.5, tv_weight=0.0, name="style_transfer_loss", **kwargs):
+                 style_weight=1.5, tv_weight=0.0, style_size=None, name="style_transfer_loss", **kwargs):
+        if "content_layer" in kwargs:  # the single-layer spelling of earlier configs
+            content_layers = (kwargs.pop("content_layer"),)
         super().__init__(name=name, **kwargs)
+        if isinstance(style_image, dict):
+            raise ValueError("StyleTransferLoss: this loss was built from an array, which is not saved in its "
+                             "config; build it again from the style image")
         self.style_image_path = style_image if isinstance(style_image, str) else None
-        style = self._load_style(style_image)
+        self.style_size = None if style_size is None else int(style_size)
+        style = self._load_style(style_image, self.style_size)
         self.weights = weights
-        self.content_layer = content_layer
+        self.content_layers = (content_layers,) if isinstance(content_layers, str) else tuple(content_layers)
         self.style_layers = tuple(style_layers)
+        if not self.content_layers:
+            raise ValueError("StyleTransferLoss: give at least one content layer")
         self.style_layer_weights = tuple(float(w) for w in (style_layer_weights or [1.0] * len(self.style_layers)))
         if len(self.style_layer_weights) != len(self.style_layers):
-            raise ValueError("StyleTransferLoss: give one style_layer_weight per style layer")
+            raise ValueError(f"StyleTransferLoss: give one style layer weight per style layer, got "
+                             f"{len(self.style_layer_weights)} for {len(self.style_layers)}")
         self.content_weight, self.style_weight, self.tv_weight = float(content_weight), float(style_weight), float(tv_weight)
-        layers = list(dict.fromkeys(self.style_layers + (self.content_layer,)))
+        layers = list(dict.fromkeys(self.style_layers + self.content_layers))
         self._layer_index = {name: i for i, name in enumerate(layers)}
         # No other loss trains a style network: the error offers no alternative to the weights.
         self.extractor = vgg16_feature_extractor(layers, weights=weights, alternative=None)
         features = self._features(style[None])
         self.style_grams = [ops.convert_to_tensor(ops.convert_to_numpy(gram_matrix(features[self._layer_index[n]]))[0])
                             for n in self.style_layers]
-        self._style_array = None if self.style_image_path else style
 
     @staticmethod
-    def _load_style(style_image):
+    def _load_style(style_image, style_size=None):
         import numpy as np
 
         if isinstance(style_image, str):
-            from kx_vision.data.images import load_image
-
-            style_image = load_image(style_image)
+            style_image = keras.utils.img_to_array(keras.utils.load_img(style_image, color_mode="rgb"),
+                                                   dtype="float32") / 255.0
         array = np.asarray(style_image)
         if array.ndim != 3 or array.shape[-1] != 3:
             raise ValueError(f"style image must be (H, W, 3), got shape {array.shape}")
-        return array.astype("float32") / 255.0 if array.dtype == np.uint8 else array.astype("float32")
+        array = array.astype("float32") / 255.0 if array.dtype == np.uint8 else array.astype("float32")
+        if style_size and min(array.shape[:2]) != style_size:
+            scale = style_size / min(array.shape[:2])
+            size = (round(array.shape[0] * scale), round(array.shape[1] * scale))
+            array = ops.convert_to_numpy(ops.image.resize(array, size, interpolation="bicubic", antialias=True))
+            array = np.clip(array, 0.0, 1.0)
+        return array
 
     def _features(self, images):
         features = self.extractor(to_caffe(images), training=False)
@@ -251,8 +280,11 @@ class StyleTransferLoss(keras.losses.Loss):
         y_pred = ops.cast(y_pred, "float32")
         pred = self._features(y_pred)
         target = self._features(ops.cast(y_true, "float32"))
-        c = self._layer_index[self.content_layer]
-        content = ops.mean(ops.square(pred[c] - ops.stop_gradient(target[c])), axis=(1, 2, 3))
+        content = 0.0
+        for name in self.content_layers:
+            c = self._layer_index[name]
+            content = content + ops.mean(ops.square(pred[c] - ops.stop_gradient(target[c])), axis=(1, 2, 3))
+        content = content / len(self.content_layers)
         style = 0.0
         for name, weight, gram in zip(self.style_layers, self.style_layer_weights, self.style_grams):
             diff = gram_matrix(pred[self._layer_index[name]]) - gram[None]
@@ -268,8 +300,15 @@ class StyleTransferLoss(keras.losses.Loss):
         return parts["content"] + parts["style"] + parts["tv"]
 
     def get_config(self):
-        style = self.style_image_path if self.style_image_path else self._style_array.tolist()
-        return {**super().get_config(), "style_image": style, "weights": self.weights,
-                "content_layer": self.content_layer, "style_layers": list(self.style_layers),
-                "style_layer_weights": list(self.style_layer_weights), "content_weight": self.content_weight,
-                "style_weight": self.style_weight, "tv_weight": self.tv_weight}
+        # The style image by path only: an array (hundreds of thousands of numbers) does not belong in a config.
+        return {**super().get_config(), "style_image": self.style_image_path, "style_size": self.style_size,
+                "weights": self.weights, "content_layers": list(self.content_layers),
+                "style_layers": list(self.style_layers), "style_layer_weights": list(self.style_layer_weights),
+                "content_weight": self.content_weight, "style_weight": self.style_weight, "tv_weight": self.tv_weight}
+
+    @classmethod
+    def from_config(cls, config):
+        if config.get("style_image") is None:
+            raise ValueError("StyleTransferLoss: this loss was built from an array, which is not saved in its "
+                             "config; build it again from the style image")
+        return cls(**config)

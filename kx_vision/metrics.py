@@ -230,19 +230,25 @@ class StyleLossPart(keras.metrics.Mean):
     """One term ("content", "style" or "tv") of a `StyleTransferLoss`, averaged like a metric, so
     each part of the loss is visible during training (the lesson's `sum_layers=False`).
 
-    Pass the training loss itself as `loss` so its VGG16 is shared.
+    Pass the training loss itself as `loss` so its VGG16 is shared. The loss is not part of the
+    metric's config (it is the model's loss, saved once, with the model's compile state): a metric
+    rebuilt from its config has no loss until one is given with `set_loss`.
     """
 
-    def __init__(self, loss, part, name=None, dtype=None, **kwargs):
+    def __init__(self, loss=None, part="style", name=None, dtype=None, **kwargs):
         if part not in ("content", "style", "tv"):
             raise ValueError(f"StyleLossPart: part must be content, style or tv, got {part!r}")
-        if isinstance(loss, dict):
-            loss = keras.losses.deserialize(loss)
         super().__init__(name=name or f"{part}_loss", dtype=dtype or "float32", **kwargs)
         self.loss, self.part = loss, part
 
+    def set_loss(self, loss):
+        self.loss = loss
+
     def update_state(self, y_true, y_pred, sample_weight=None):
+        if self.loss is None:
+            raise ValueError(f"StyleLossPart '{self.name}' has no loss: pass the StyleTransferLoss it shows "
+                             "(StyleLossPart(loss, part), or set_loss(loss))")
         return super().update_state(self.loss.parts(y_true, y_pred)[self.part], sample_weight=sample_weight)
 
     def get_config(self):
-        return {"loss": keras.losses.serialize(self.loss), "part": self.part, "name": self.name, "dtype": self.dtype}
+        return {"part": self.part, "name": self.name, "dtype": self.dtype}

@@ -59,3 +59,15 @@ def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):
     message = str(info.value)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert "loss.name=l1" in message
+
+
+def test_superres_mse_loss_is_the_mean_squared_error(rng):
+    from kx_vision import config as config_lib
+    from kx_vision.tasks import superres
+
+    config = config_lib.load(superres.SuperResConfig, None, ["loss.name=mse"])
+    loss = superres.build_loss(config)
+    a, b = rng.random((2, 8, 8, 3)).astype("float32"), rng.random((2, 8, 8, 3)).astype("float32")
+    assert float(keras.ops.convert_to_numpy(loss(a, b))) == pytest.approx(float(np.mean((a - b) ** 2)), rel=1e-5)
+    l1 = superres.build_loss(config_lib.load(superres.SuperResConfig, None, ["loss.name=l1"]))
+    assert float(keras.ops.convert_to_numpy(l1(a, b))) == pytest.approx(float(np.mean(np.abs(a - b))), rel=1e-5)

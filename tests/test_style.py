@@ -1,3 +1,5 @@
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -66,9 +68,64 @@ def test_style_loss_parts_and_a_training_step_lowers_the_loss(rng):
     for _ in range(5):
         net.train_on_batch(x, x)
     assert net.evaluate(x, x, verbose=0)[0] < before
+    # A loss built from an array does not carry the array in its config (it cannot be rebuilt from it).
+    config = loss.get_config()
+    assert config["style_image"] is None and len(json.dumps(config)) < 1000
+    with pytest.raises(ValueError, match="built from an array"):
+        StyleTransferLoss.from_config(config)
+
+
+def test_style_loss_from_a_path_round_trips_with_its_layer_choice(tmp_path, rng):
+    path = tmp_path / "style.png"
+    Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)).save(path)
+    loss = StyleTransferLoss(str(path), weights=None, style_size=32, content_layers=["block3_conv3"],
+                             style_layers=["block1_conv2", "block3_conv3"], style_layer_weights=[0.5, 2.0])
+    assert [tuple(g.shape) for g in loss.style_grams] == [(64, 64), (256, 256)]
     # Round trip: the same config (weights=None gives a fresh random VGG16, so values differ).
-    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    restored = keras.losses.deserialize(json.loads(json.dumps(keras.losses.serialize(loss))))
     assert isinstance(restored, StyleTransferLoss) and restored.get_config() == loss.get_config()
+    assert restored.content_layers == ("block3_conv3",) and restored.style_layer_weights == (0.5, 2.0)
+    # The style term is the weighted sum of the per-layer Gram terms: with one layer's weight at 0 it is the other's.
+    x = rng.random((2, 32, 32, 3)).astype("float32")
+    keras.utils.set_random_seed(3)  # the same random VGG16 for both (the style Gram matrices are computed with it)
+    only_first = StyleTransferLoss(str(path), weights=None, style_size=32, content_layers=["block3_conv3"],
+                                   style_layers=["block1_conv2", "block3_conv3"], style_layer_weights=[0.5, 0.0])
+    keras.utils.set_random_seed(3)
+    first = StyleTransferLoss(str(path), weights=None, style_size=32, content_layers=["block3_conv3"],
+                              style_layers=["block1_conv2"], style_layer_weights=[1.0])
+    np.testing.assert_array_equal(only_first.extractor.get_weights()[0], first.extractor.get_weights()[0])
+    a = ops.convert_to_numpy(only_first.parts(x, x[::-1])["style"])
+    b = ops.convert_to_numpy(first.parts(x, x[::-1])["style"])
+    np.testing.assert_allclose(a, 0.5 * b, rtol=1e-4)
+    # Older configs spell a single content layer `content_layer`.
+    legacy = {**loss.get_config(), "content_layer": "block2_conv2"}
+    legacy.pop("content_layers")
+    assert StyleTransferLoss.from_config(legacy).content_layers == ("block2_conv2",)
+
+
+def test_style_config_keys_reach_the_loss(tmp_path, rng):
+    from kx_vision import config as config_lib
+    from kx_vision.errors import ConfigError
+    from kx_vision.losses import LESSON_CONTENT_LAYERS, LESSON_STYLE_LAYER_WEIGHTS, LESSON_STYLE_LAYERS
+    from kx_vision.tasks import style as style_task
+
+    path = tmp_path / "style.png"
+    Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(path)
+    config = config_lib.load(style_task.StyleConfig, None, [f"style_image={path}", "loss.vgg_weights=null",
+                                                            "loss.style_size=32"])
+    loss = style_task.build_loss(config)  # the lesson's choice by default
+    assert loss.content_layers == LESSON_CONTENT_LAYERS and loss.style_layers == LESSON_STYLE_LAYERS
+    assert loss.style_layer_weights == LESSON_STYLE_LAYER_WEIGHTS
+    config = config_lib.load(style_task.StyleConfig, None, [
+        f"style_image={path}", "loss.vgg_weights=null", "loss.style_size=32", "loss.content_layers=block2_conv2",
+        "loss.style_layers=block1_conv2,block2_conv2", "loss.style_layer_weights=1,3", "loss.tv_weight=0.5"])
+    loss = style_task.build_loss(config)
+    assert loss.content_layers == ("block2_conv2",) and loss.style_layer_weights == (1.0, 3.0) and loss.tv_weight == 0.5
+    for bad, message in (("loss.style_layers=block9_conv1", "must list VGG16 layers"),
+                         ("loss.style_layer_weights=1,2,3", "one weight per style layer")):
+        config = config_lib.load(style_task.StyleConfig, None, [f"style_image={path}", bad])
+        with pytest.raises(ConfigError, match=message):
+            style_task.check_config(config)
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason=(

@@ -8,6 +8,7 @@ import numpy as np
 from kx_vision import config as config_lib
 from kx_vision.config import option
 from kx_vision.errors import ConfigError
+from kx_vision.losses import LESSON_CONTENT_LAYERS, LESSON_STYLE_LAYER_WEIGHTS, LESSON_STYLE_LAYERS, VGG16_LAYERS
 from kx_vision.tasks.common import (
     OptimizerConfig,
     distribute_option,
@@ -40,8 +41,15 @@ class DataConfig:
 @dataclasses.dataclass
 class LossConfig:
     vgg_weights: str | None = option("imagenet", "VGG16 weights: imagenet, null (random: tests only) or a file path")
-    content_weight: float = option(1.0, "weight of the content term (VGG16 block2_conv2)", min=0)
-    style_weight: float = option(1.5, "weight of the Gram style term (block1_conv2 ... block4_conv3)", min=0)
+    content_layers: list[str] = option(list(LESSON_CONTENT_LAYERS), "VGG16 layer(s) of the content term (the lesson: "
+                                       "the third of the style layers; Johnson et al.: block2_conv2)")
+    style_layers: list[str] = option(list(LESSON_STYLE_LAYERS), "VGG16 layers of the Gram style terms (the lesson: "
+                                     "the last conv of blocks 2-5; Johnson et al.: block1_conv2,block2_conv2,"
+                                     "block3_conv3,block4_conv3)")
+    style_layer_weights: list[float] = option(list(LESSON_STYLE_LAYER_WEIGHTS), "one weight per style layer "
+                                              "(the lesson's 0.025,0.275,5,0.2; empty: 1 each)", min=0)
+    content_weight: float = option(1.0, "weight of the content term", min=0)
+    style_weight: float = option(1.5, "weight of the Gram style terms (times each layer's weight)", min=0)
     tv_weight: float = option(0.0, "weight of the total-variation term", min=0)
     style_size: int = option(256, "the style image is resized so its short side is this", min=16)
 
@@ -78,6 +86,15 @@ def check_config(config):
         raise ConfigError("config key 'style_image' is required: --set style_image=PATH (paintings to try: ../shared/data/style)")
     if not os.path.isfile(config.style_image):
         raise ConfigError(f"style image not found: {config.style_image}")
+    for key in ("content_layers", "style_layers"):
+        unknown = [name for name in getattr(config.loss, key) if name not in VGG16_LAYERS]
+        if unknown or not getattr(config.loss, key):
+            raise ConfigError(f"config key 'loss.{key}' must list VGG16 layers ({', '.join(VGG16_LAYERS)}), "
+                              f"got {getattr(config.loss, key)}")
+    weights = config.loss.style_layer_weights
+    if weights and len(weights) != len(config.loss.style_layers):
+        raise ConfigError(f"config key 'loss.style_layer_weights' needs one weight per style layer "
+                          f"({len(config.loss.style_layers)}), got {len(weights)}")
     if config.data.crop_size < StyleTransferNet.min_size(config.model.num_blocks):
         raise ConfigError(f"config key 'data.crop_size' must be at least {StyleTransferNet.min_size(config.model.num_blocks)}")
 
@@ -93,22 +110,16 @@ _LOSSES = {}
 
 def build_loss(config):
     """One loss per config (its VGG16 and style Gram matrices are built once)."""
-    from PIL import Image
-
-    from kx_vision.data.images import load_image
     from kx_vision.losses import StyleTransferLoss
 
     key = id(config)
     if key not in _LOSSES:
-        style = load_image(config.style_image)
-        short = min(style.shape[:2])
-        if short != config.loss.style_size:
-            scale = config.loss.style_size / short
-            style = np.asarray(Image.fromarray(style).resize(
-                (round(style.shape[1] * scale), round(style.shape[0] * scale)), Image.BICUBIC))
-        _LOSSES[key] = StyleTransferLoss(style, weights=config.loss.vgg_weights,
-                                         content_weight=config.loss.content_weight,
-                                         style_weight=config.loss.style_weight, tv_weight=config.loss.tv_weight)
+        loss = config.loss
+        _LOSSES[key] = StyleTransferLoss(config.style_image, style_size=loss.style_size, weights=loss.vgg_weights,
+                                         content_layers=loss.content_layers, style_layers=loss.style_layers,
+                                         style_layer_weights=loss.style_layer_weights or None,
+                                         content_weight=loss.content_weight, style_weight=loss.style_weight,
+                                         tv_weight=loss.tv_weight)
     return _LOSSES[key]
 
 

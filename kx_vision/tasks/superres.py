@@ -42,7 +42,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    name: str = option("l1", "training loss", choices=("l1", "perceptual"))
+    name: str = option("l1", "training loss: l1 (EDSR), mse (the PSNR objective; blurrier), perceptual (the lesson's "
+                       "VGG16 feature loss)", choices=("l1", "mse", "perceptual"))
     vgg_weights: str | None = option(
         "imagenet", "VGG16 weights of the perceptual loss: imagenet, null or a file path"
     )
@@ -86,6 +87,8 @@ def build_model(config):
 def build_loss(config):
     if config.loss.name == "perceptual":
         return losses.PerceptualLoss(weights=config.loss.vgg_weights, pixel_weight=config.loss.pixel_weight)
+    if config.loss.name == "mse":
+        return keras.losses.MeanSquaredError(name="mse")
     return keras.losses.MeanAbsoluteError(name="l1")
 
 
