@@ -87,9 +87,28 @@ def run(command, interrupted="interrupted"):
     return 0 if code is None else code
 
 
+def _command():
+    """The entry point being run: `kx_vision.train` for `python -m kx_vision.train`, the script's name
+    (`kx-vision-train`) for a console script, else ''."""
+    argv = getattr(sys, "orig_argv", None) or sys.argv
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1]
+    return os.path.basename(argv[0]) if argv else ""
+
+
 def quiet_start_from_argv(argv):
-    """`quiet_start` for a command about to parse `argv`: with `--help`, TensorFlow is only
-    imported early where Keras will import it anyway (its backend)."""
+    """`quiet_start` for a command about to parse `argv`. `--help` must be instant, so it imports
+    nothing, except for `train`, whose help lists the tasks' config keys (importing the tasks, and
+    with them Keras and, on its TensorFlow backend, TensorFlow). `prepare` never needs TensorFlow."""
+    command = _command().replace("kx-vision-", "kx_vision.")
+    if command == "kx-vision":  # the one console script: `kx-vision COMMAND ...`
+        command, argv = f"kx_vision.{argv[0] if argv else ''}", argv[1:]
     helping = bool({"-h", "--help"} & set(argv))
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    quiet_start("--verbose" in argv, tensorflow=not helping or backend == "tensorflow")
+    if command == "kx_vision.prepare":
+        tensorflow = False
+    elif helping:
+        tensorflow = backend == "tensorflow" and command == "kx_vision.train"
+    else:
+        tensorflow = True
+    quiet_start("--verbose" in argv, tensorflow=tensorflow)

@@ -237,8 +237,6 @@ def test_a_model_that_does_not_take_images_is_refused(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.keras"]
 
 
-@pytest.mark.xfail(strict=True, reason="kx_vision/models/loading.py passes on Keras's 'File not found' for a file "
-                                       "that is not a zip archive (issue 17, item 15); remove this mark once fixed")
 def test_a_garbage_keras_file_is_not_called_missing(tmp_path, capsys):
     (tmp_path / "model.keras").write_bytes(np.random.default_rng(0).bytes(4096))
     assert main([str(tmp_path / "model.keras"), str(tmp_path / "sm")]) == 2

@@ -102,9 +102,6 @@ def test_help_imports_no_framework(tmp_path, args):
     assert heavy == []
 
 
-@pytest.mark.xfail(os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow", strict=True, reason=(
-    "kx_vision/cli.py quiet_start_from_argv imports TensorFlow for --help when the backend is tensorflow "
-    "(right for train, whose parser imports the tasks, not for predict/evaluate): fix there, then drop this mark"))
 def test_help_under_the_default_backend_imports_no_framework(tmp_path):
     heavy, _ = heavy_imports(tmp_path, ["kx_vision.predict", "superres", "--help"],
                              os.environ.get("KERAS_BACKEND", "tensorflow"))
