@@ -152,6 +152,24 @@ def case_image_preprocessing(ctx):
 
 
 @case
+def case_blur(ctx):
+    """The blur alone, and after a pixel shuffle with shared (random, not ICNR) weights."""
+    from kx_vision.layers import Blur2D, apply_pixel_shuffle_upsample
+
+    image = keras.Input((None, None, 4))
+    upsampler = ctx.share(keras.Model(image, apply_pixel_shuffle_upsample(image, 3, 2, name="up", blur=True)))
+    return {"layer": Blur2D()(ctx.images(2, 5, 7, 3)), "upsample": upsampler(ctx.images(1, 6, 5, 4))}
+
+
+@case
+def case_bilinear_upsampling(ctx):
+    from kx_vision.layers import BilinearUpSampling2D
+
+    x = ctx.images(2, 5, 7, 3)
+    return {f"x{r}": BilinearUpSampling2D(r)(x) for r in (2, 3, 4)}
+
+
+@case
 def case_residual_block(ctx):
     from kx_vision.layers import ResidualBlock
 
@@ -172,6 +190,14 @@ def case_edsr_x2(ctx):
 
 
 @case
+def case_edsr_blur_keras_file(ctx):
+    from kx_vision.models import EDSR
+
+    model = ctx.saved_model(lambda: EDSR(scale=2, num_blocks=1, num_filters=8, blur=True))
+    return {"y": model.predict(ctx.images(1, 7, 9, 3), verbose=0)}
+
+
+@case
 def case_edsr_x4_keras_file(ctx):
     from kx_vision.models import EDSR
 
@@ -187,6 +213,41 @@ def case_unet(ctx):
     x = ctx.images(2, 45, 61, 3)  # not a multiple of 32: reflect-padded, then cropped
     # training=True: BatchNorm normalises with the batch's own statistics.
     return {"inference": model(x, training=False), "training_mode": model(x, training=True)}
+
+
+@case
+def case_unet_lesson(ctx):
+    from kx_vision.models import UNet
+
+    model = ctx.share(UNet(num_classes=3, backbone=tiny_backbone(), decoder="lesson", max_filters=8))
+    return {"y": model(ctx.images(2, 45, 61, 3), training=False)}
+
+
+@case
+def case_unet_lesson_blur_keras_file(ctx):
+    from kx_vision.models import UNet
+
+    model = ctx.saved_model(lambda: UNet(num_classes=2, backbone=tiny_backbone(), decoder="lesson", blur=True,
+                                         max_filters=8))
+    return {"y": model.predict(ctx.images(1, 37, 53, 3), verbose=0)}
+
+
+@case
+def case_fpn(ctx):
+    from kx_vision.models import FPN
+
+    model = ctx.share(FPN(num_classes=3, backbone=tiny_backbone(), pyramid_filters=8, segmentation_filters=8))
+    x = ctx.images(2, 37, 53, 3)
+    return {"inference": model(x, training=False), "training_mode": model(x, training=True)}
+
+
+@case
+def case_fpn_concat_keras_file(ctx):
+    from kx_vision.models import FPN
+
+    model = ctx.saved_model(lambda: FPN(num_classes=1, backbone=tiny_backbone(), pyramid_filters=8,
+                                        segmentation_filters=4, merge="concat"))
+    return {"y": model.predict(ctx.images(1, 40, 36, 3), verbose=0)}
 
 
 @case

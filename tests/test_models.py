@@ -68,3 +68,26 @@ def test_edsr_starts_close_to_nearest_neighbour_upsampling():
     inner = out.reshape(1, 12, 2, 12, 2, -1)
     assert (inner.max(axis=(2, 4)) - inner.min(axis=(2, 4))).max() < 1e-5
     assert out.std() > 0
+
+
+def test_edsr_blur_is_off_by_default_and_smooths_each_shuffle(rng, tmp_path):
+    plain = EDSR(scale=4, num_blocks=1, num_filters=8)
+    assert plain.get_config()["blur"] is False
+    assert not [layer.name for layer in plain.layers if "blur" in layer.name]
+    blurred = EDSR(scale=4, num_blocks=1, num_filters=8, blur=True)
+    assert [layer.name for layer in blurred.layers if "blur" in layer.name] == ["upsample_0_blur", "upsample_1_blur"]
+    # The blur has no weights: a model trained without it loads into one with it, layer for layer.
+    blurred.set_weights(plain.get_weights())
+    x = rng.random((1, 6, 7, 3)).astype("float32")
+    for i in range(2):
+        shuffled, smoothed = keras.Model(blurred.input, [blurred.get_layer(f"upsample_{i}_shuffle").output,
+                                                         blurred.get_layer(f"upsample_{i}_blur").output])(x)
+        padded = np.pad(ops.convert_to_numpy(shuffled), ((0, 0), (1, 0), (1, 0), (0, 0)), mode="edge")
+        reference = (padded[:, :-1, :-1] + padded[:, 1:, :-1] + padded[:, :-1, 1:] + padded[:, 1:, 1:]) / 4
+        np.testing.assert_allclose(ops.convert_to_numpy(smoothed), reference, rtol=1e-5, atol=1e-6)
+    y_plain, y_blurred = ops.convert_to_numpy(plain(x)), ops.convert_to_numpy(blurred(x))
+    assert y_blurred.shape == y_plain.shape == (1, 24, 28, 3) and np.abs(y_blurred - y_plain).max() > 1e-4
+    blurred.save(tmp_path / "blur.keras")
+    loaded = keras.saving.load_model(tmp_path / "blur.keras")
+    assert loaded.get_config() == blurred.get_config() and loaded.get_config()["blur"] is True
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), y_blurred, atol=1e-6)

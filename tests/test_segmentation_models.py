@@ -130,3 +130,98 @@ def test_freeze_plan_by_layer_prefix():
     config = config_lib.load(segmentation.SegmentationConfig, None, ["freeze_backbone_epochs=1", "freeze_layers=nope"])
     with pytest.raises(ConfigError, match="freeze_layers"):
         segmentation.freeze_plan(model, config, [])
+
+
+def numpy_lesson_unet_block(x, skip, transpose_kernel, transpose_bias, skip_kernel, skip_bias, gamma, beta, mean,
+                            variance, epsilon):
+    """The lesson's UnetBlock.forward in NumPy: bn(relu(cat(tr_conv(up_p), x_conv(x_p)))), BN at inference."""
+    n, h, w, _ = x.shape
+    # A 2x2 stride-2 transposed conv writes x[i, j] @ kernel[a, b] to output pixel (2i + a, 2j + b);
+    # Keras stores its kernel as (height, width, out, in).
+    up = np.einsum("nijc,aboc->niajbo", x, transpose_kernel).reshape(n, 2 * h, 2 * w, -1) + transpose_bias
+    lateral = np.einsum("nhwc,co->nhwo", skip, skip_kernel[0, 0]) + skip_bias
+    joined = np.maximum(np.concatenate([up, lateral], axis=-1), 0.0)
+    return (joined - mean) / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def test_lesson_unet_block_matches_numpy(rng):
+    from kx_vision.models.unet import apply_lesson_unet_block
+
+    deep, skip_in = keras.Input((None, None, 6)), keras.Input((None, None, 5))
+    block = keras.Model([deep, skip_in], apply_lesson_unet_block(deep, skip_in, 8, name="up1"))
+    names = [layer.name for layer in block.layers[2:]]
+    assert names == ["up1_up_transpose", "up1_skip_conv", "up1_concat", "up1_relu", "up1_bn"]
+    bn = block.get_layer("up1_bn")
+    # Random values everywhere (BN statistics too), so no term can be dropped unnoticed.
+    for layer in block.layers[2:]:
+        for variable in layer.weights:
+            value = rng.normal(size=variable.shape)
+            variable.assign((np.abs(value) + 0.5 if "variance" in variable.path else value).astype("float32"))
+    x = rng.normal(size=(2, 3, 4, 6)).astype("float32")
+    skip = rng.normal(size=(2, 6, 8, 5)).astype("float32")
+    y = ops.convert_to_numpy(block([x, skip], training=False))
+    transpose, lateral = block.get_layer("up1_up_transpose"), block.get_layer("up1_skip_conv")
+    weights = [ops.convert_to_numpy(v) for v in (transpose.kernel, transpose.bias, lateral.kernel, lateral.bias,
+                                                 bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)]
+    assert weights[0].shape == (2, 2, 4, 6) and weights[2].shape == (1, 1, 5, 4)  # n_out // 2 each
+    np.testing.assert_allclose(y, numpy_lesson_unet_block(x, skip, *weights, bn.epsilon), rtol=1e-4, atol=1e-4)
+
+
+def test_lesson_unet_decoder(tmp_path, rng):
+    model = UNet(num_classes=4, backbone=tiny_backbone(), decoder="lesson", max_filters=16)
+    config = model.get_config()
+    assert (config["decoder"], config["upsampling"], config["last_cross"], config["blur"]) == \
+        ("lesson", "transpose", False, False)
+    names = {layer.name for layer in model.layers}
+    assert {"backbone_relu", "decoder_0_skip_conv", "decoder_3_bn"} <= names
+    assert not {n for n in names if n.startswith(("middle", "last_cross")) or n.endswith("_skip_bn")}
+    assert model.decoder_filters == [16] * len(model.skip_layers)
+    # The tiny backbone's shallowest skip is at half resolution: the lesson's up5 is the classifier.
+    assert isinstance(model.get_layer("classifier"), keras.layers.Conv2DTranspose)
+    x = rng.random((2, 37, 53, 3)).astype("float32")
+    y = ops.convert_to_numpy(model(x))
+    assert y.shape == (2, 37, 53, 4)
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+    model.save(tmp_path / "lesson.keras")
+    loaded = keras.saving.load_model(tmp_path / "lesson.keras")
+    assert loaded.get_config()["decoder"] == "lesson"
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), y, atol=1e-5)
+    with symbolic():  # the lesson's ResNet: skips at /2 .. /16, one x2 transposed conv to the classes
+        resnet = UNet(num_classes=12, backbone="resnet50", backbone_weights=None, decoder="lesson")
+        assert resnet.decoder_filters == [256] * 4
+        assert tuple(resnet.compute_output_spec(keras.KerasTensor((1, 360, 480, 3))).shape) == (1, 360, 480, 12)
+        vgg = UNet(num_classes=2, backbone="vgg16", backbone_weights=None, decoder="lesson", max_filters=16)
+        assert isinstance(vgg.get_layer("classifier"), keras.layers.Conv2D)  # vgg16's first skip is full size
+        assert tuple(vgg.compute_output_spec(keras.KerasTensor((1, 45, 61, 3))).shape) == (1, 45, 61, 2)
+
+
+def test_unet_decoder_options_are_checked():
+    with pytest.raises(ValueError, match="decoder"):
+        UNet(backbone=tiny_backbone(), decoder="fastai_v1")
+    with pytest.raises(ValueError, match="last cross"):
+        UNet(backbone=tiny_backbone(), decoder="lesson", last_cross=True)
+    with pytest.raises(ValueError, match="even"):
+        UNet(backbone=tiny_backbone(), decoder="lesson", max_filters=15)
+    default = UNet(backbone=tiny_backbone(), max_filters=8).get_config()
+    assert (default["decoder"], default["upsampling"], default["last_cross"], default["blur"]) == \
+        ("fastai", "pixel_shuffle", True, False)
+
+
+@pytest.mark.parametrize("decoder", ["fastai", "lesson"])
+def test_unet_blur_smooths_every_upsampling(decoder, rng):
+    model = UNet(num_classes=3, backbone=tiny_backbone(), decoder=decoder, blur=True, max_filters=8)
+    assert model.get_config()["blur"] is True
+    blurs = [layer.name for layer in model.layers if layer.name.endswith("_blur")]
+    ups = [layer.name for layer in model.layers if layer.name.endswith(("_shuffle", "_transpose"))]
+    if decoder == "lesson":
+        ups.append("classifier")
+    assert len(blurs) == len(ups) >= 5
+    x = rng.random((1, 40, 36, 3)).astype("float32")
+    # fastai's order: up, ReLU, blur; the lesson's: transposed conv, blur, then (after the concat) ReLU.
+    source = "decoder_3_up_transpose" if decoder == "lesson" else "decoder_3_up_relu"
+    before, after = keras.Model(model.input, [model.get_layer(source).output,
+                                              model.get_layer("decoder_3_up_blur").output])(x)
+    padded = np.pad(ops.convert_to_numpy(before), ((0, 0), (1, 0), (1, 0), (0, 0)), mode="edge")
+    reference = (padded[:, :-1, :-1] + padded[:, 1:, :-1] + padded[:, :-1, 1:] + padded[:, 1:, 1:]) / 4
+    np.testing.assert_allclose(ops.convert_to_numpy(after), reference, rtol=1e-5, atol=1e-6)
+    assert ops.convert_to_numpy(model(x)).shape == (1, 40, 36, 3)

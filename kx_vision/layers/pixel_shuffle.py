@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from kx_vision.layers.blur import Blur2D
+
 
 @keras.saving.register_keras_serializable(package="kx_vision")
 class ICNR(keras.initializers.Initializer):
@@ -84,10 +86,12 @@ class PixelShuffle(keras.layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
-def apply_pixel_shuffle_upsample(x, num_filters, scale, name, kernel_size=3, dtype=None):
-    """Conv to `num_filters * scale**2` channels (ICNR-initialised), then `PixelShuffle`.
+def apply_pixel_shuffle_upsample(x, num_filters, scale, name, kernel_size=3, dtype=None, blur=False):
+    """Conv to `num_filters * scale**2` channels (ICNR-initialised), then `PixelShuffle`, then, with
+    `blur=True`, `Blur2D` (fastai's `PixelShuffle_ICNR(blur=True)`).
 
-    Layers are named `{name}_conv` and `{name}_shuffle`, so weights move between models by name.
+    Layers are named `{name}_conv`, `{name}_shuffle` and `{name}_blur`, so weights move between models by
+    name (the blur has none).
     """
     x = keras.layers.Conv2D(
         num_filters * scale**2,
@@ -97,4 +101,7 @@ def apply_pixel_shuffle_upsample(x, num_filters, scale, name, kernel_size=3, dty
         name=f"{name}_conv",
         dtype=dtype,
     )(x)
-    return PixelShuffle(scale, name=f"{name}_shuffle", dtype=dtype)(x)
+    x = PixelShuffle(scale, name=f"{name}_shuffle", dtype=dtype)(x)
+    if blur:
+        x = Blur2D(name=f"{name}_blur", dtype=dtype)(x)
+    return x

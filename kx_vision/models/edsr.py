@@ -40,6 +40,8 @@ class EDSR(keras.Model):
         residual_scale: multiplier of each residual branch (0.1 in EDSR, 1.0 without scaling).
         num_channels: image channels (3).
         rgb_mean: mean subtracted at the input and added at the output; `None` for none.
+        blur: smooth after each pixel shuffle (`Blur2D`, fastai's `PixelShuffle_ICNR(blur=True)`) against
+            the checkerboard a trained sub-pixel conv leaves. Off by default: the EDSR paper has none.
 
     Example:
     >>> model = EDSR(scale=2, num_blocks=16, num_filters=64)
@@ -55,6 +57,7 @@ class EDSR(keras.Model):
         residual_scale=0.1,
         num_channels=3,
         rgb_mean=DIV2K_RGB_MEAN,
+        blur=False,
         dtype=None,
         **kwargs,
     ):
@@ -76,7 +79,7 @@ class EDSR(keras.Model):
         x = keras.layers.Conv2D(num_filters, 3, name="body_conv", **conv)(x)
         x = keras.layers.Add(name="body_add", dtype=dtype)([x, skip])
         for i, factor in enumerate(factors):
-            x = apply_pixel_shuffle_upsample(x, num_filters, factor, name=f"upsample_{i}", dtype=dtype)
+            x = apply_pixel_shuffle_upsample(x, num_filters, factor, name=f"upsample_{i}", dtype=dtype, blur=blur)
         x = keras.layers.Conv2D(num_channels, 3, name="tail_conv", **conv)(x)
         # Output in float32 under any policy: losses and metrics are computed in float32.
         if rgb_mean is not None:
@@ -94,6 +97,7 @@ class EDSR(keras.Model):
         self.residual_scale = float(residual_scale)
         self.num_channels = int(num_channels)
         self.rgb_mean = None if rgb_mean is None else tuple(float(m) for m in rgb_mean)
+        self.blur = bool(blur)
 
     def get_config(self):
         return {
@@ -105,6 +109,7 @@ class EDSR(keras.Model):
             "residual_scale": self.residual_scale,
             "num_channels": self.num_channels,
             "rgb_mean": None if self.rgb_mean is None else list(self.rgb_mean),
+            "blur": self.blur,
         }
 
     @classmethod

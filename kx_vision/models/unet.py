@@ -1,11 +1,15 @@
 """Dynamic U-Net (Ronneberger et al. 2015; fastai's DynamicUnet) over any functional backbone."""
 
+import copy
+
 import keras
 
 from kx_vision.backbones import find_skip_layers, resolve_backbone
-from kx_vision.layers import CropLike, ImagePreprocessing, PadToMultiple, apply_pixel_shuffle_upsample
+from kx_vision.layers import Blur2D, CropLike, ImagePreprocessing, PadToMultiple, apply_pixel_shuffle_upsample
 
 UPSAMPLING = ("pixel_shuffle", "transpose")
+# The decoders, each with its default upsampling and last cross connection.
+DECODERS = {"fastai": ("pixel_shuffle", True), "lesson": ("transpose", False)}
 
 
 def apply_conv_bn_relu(x, filters, name, kernel_size=3, dtype=None):
@@ -14,13 +18,38 @@ def apply_conv_bn_relu(x, filters, name, kernel_size=3, dtype=None):
     return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
 
-def apply_upsample(x, filters, mode, name, dtype=None):
-    """x2 upsampling: ICNR pixel shuffle + ReLU (fastai's PixelShuffle_ICNR) or a transposed conv."""
+def apply_up(x, filters, mode, name, dtype=None):
+    """x2 upsampling with no activation: an ICNR pixel shuffle (`{name}_conv`, `{name}_shuffle`) or a 2x2
+    stride-2 transposed conv (`{name}_transpose`)."""
     if mode == "pixel_shuffle":
-        x = apply_pixel_shuffle_upsample(x, filters, 2, name=name, dtype=dtype)
-    else:
-        x = keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_transpose", dtype=dtype)(x)
-    return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
+        return apply_pixel_shuffle_upsample(x, filters, 2, name=name, dtype=dtype)
+    return keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_transpose", dtype=dtype)(x)
+
+
+def apply_upsample(x, filters, mode, name, blur=False, dtype=None):
+    """x2 upsampling + ReLU (fastai's PixelShuffle_ICNR: the ReLU commutes with the shuffle), then with
+    `blur` its replication pad + 2x2 average (`{name}_blur`)."""
+    x = apply_up(x, filters, mode, name, dtype=dtype)
+    x = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
+    if blur:
+        x = Blur2D(name=f"{name}_blur", dtype=dtype)(x)
+    return x
+
+
+def apply_lesson_unet_block(x, skip, filters, name, upsampling="transpose", blur=False, dtype=None):
+    """The lesson's `UnetBlock(up_in, x_in, n_out)`: the deeper path `x` upsampled x2 by a transposed conv
+    to `filters // 2` channels (`{name}_up_transpose`), the skip mapped to `filters // 2` by a 1x1 conv
+    (`{name}_skip_conv`), concatenated (upsampled first), then ReLU and batch norm, in that order:
+    `bn(relu(cat(tr_conv(x), x_conv(skip))))`. `upsampling="pixel_shuffle"` swaps the transposed conv
+    for an ICNR pixel shuffle; `blur` smooths the upsampled path (`{name}_up_blur`)."""
+    half = filters // 2
+    up = apply_up(x, half, upsampling, f"{name}_up", dtype=dtype)
+    if blur:
+        up = Blur2D(name=f"{name}_up_blur", dtype=dtype)(up)
+    skip = keras.layers.Conv2D(half, 1, name=f"{name}_skip_conv", dtype=dtype)(skip)
+    x = keras.layers.Concatenate(name=f"{name}_concat", dtype=dtype)([up, skip])
+    x = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
+    return keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
 
 
 def output_activation(num_classes):
@@ -42,8 +71,9 @@ class BackboneModel:
 
     @classmethod
     def from_config(cls, config):
-        # Weights come from the saved file: never download them while deserializing.
-        return cls(**{**config, "backbone_weights": None})
+        # Weights come from the saved file: never download them while deserializing. A copy, because
+        # deserializing the backbone's serialized model consumes parts of that dict.
+        return cls(**{**copy.deepcopy(config), "backbone_weights": None})
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
@@ -52,11 +82,18 @@ class UNet(BackboneModel, keras.Model):
 
     The skip connections are found automatically (`kx_vision.backbones.find_skip_layers`: the last
     activation before each halving of the spatial size), so any functional backbone works: ResNet50
-    (the lesson's), VGG16, MobileNetV2, EfficientNet... Each decoder block upsamples the deeper path
-    x2, batch-normalises the skip activation, concatenates and applies two conv-BN-ReLU; the channel
-    counts follow the skips' (`min(skip_channels, max_filters)`), listed in `decoder_filters`.
-    If the shallowest skip is below full resolution, further x2 stages reach it, and a final cross
-    connection concatenates the input image (fastai's `last_cross`) before the classifier.
+    (the lesson's), VGG16, MobileNetV2, EfficientNet... Two decoders:
+
+    - "fastai" (default; fastai v2's DynamicUnet): two conv-BN-ReLU on the bottleneck, then per skip
+      the deeper path upsampled x2 (to half its channels), the skip batch-normalised, concatenated and
+      two conv-BN-ReLU; the channel counts follow the skips' (`min(skip_channels, max_filters)`), listed
+      in `decoder_filters`. If the shallowest skip is below full resolution, further x2 stages reach it,
+      and a final cross connection concatenates the input image (`last_cross`) before the classifier.
+    - "lesson" (the 2018 lesson's `Unet34`): ReLU on the bottleneck, then per skip the lesson's
+      `UnetBlock` (`apply_lesson_unet_block`: transposed conv up, 1x1 conv on the skip, both to
+      `max_filters // 2` channels, concatenated, ReLU, BN; the lesson uses 256 = the default
+      `max_filters`), then a 2x2 stride-2 transposed conv to the classes as the last x2 stage (a 1x1
+      conv if the shallowest skip is at full resolution).
 
     Inputs are RGB images in [0, 1] of any size: they are padded (reflection) to a multiple of 32
     and the output is cropped back. Outputs are per-pixel probabilities in float32: sigmoid with
@@ -68,10 +105,15 @@ class UNet(BackboneModel, keras.Model):
             `keras.Model` taking images (its own preprocessing included).
         backbone_weights: for a named backbone: "imagenet" (default), `None`, or a weights file. Not
             part of the config: a saved U-Net restores its own weights.
-        upsampling: "pixel_shuffle" (ICNR, default) or "transpose".
-        max_filters: cap on decoder channels.
-        last_cross: concatenate the input image before the classifier.
+        upsampling: "pixel_shuffle" (ICNR) or "transpose"; `None`: the decoder's own (pixel shuffle for
+            "fastai", transposed conv for "lesson").
+        max_filters: cap on decoder channels ("fastai"); channels of each block's output ("lesson").
+        last_cross: concatenate the input image before the classifier; `None`: the decoder's own (yes
+            for "fastai"; the lesson's decoder has none and refuses it).
         pad_to: pad inputs to a multiple of this (0: inputs must already fit the backbone).
+        decoder: "fastai" or "lesson".
+        blur: smooth after every x2 upsampling of the decoder (`Blur2D`: replication pad + 2x2 average,
+            fastai's `PixelShuffle_ICNR(blur=True)`), against checkerboard artefacts.
     """
 
     def __init__(
@@ -79,15 +121,28 @@ class UNet(BackboneModel, keras.Model):
         num_classes=1,
         backbone="resnet50",
         backbone_weights="imagenet",
-        upsampling="pixel_shuffle",
+        upsampling=None,
         max_filters=256,
-        last_cross=True,
+        last_cross=None,
         pad_to=32,
+        decoder="fastai",
+        blur=False,
         dtype=None,
         **kwargs,
     ):
+        if decoder not in DECODERS:
+            raise ValueError(f"UNet: decoder must be one of {tuple(DECODERS)}, got {decoder!r}")
+        default_upsampling, default_last_cross = DECODERS[decoder]
+        upsampling = default_upsampling if upsampling is None else upsampling
+        last_cross = default_last_cross if last_cross is None else bool(last_cross)
         if upsampling not in UPSAMPLING:
             raise ValueError(f"UNet: upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
+        if decoder == "lesson" and last_cross:
+            raise ValueError("UNet(decoder='lesson'): the lesson's decoder has no last cross connection; "
+                             "leave last_cross unset (or False)")
+        if decoder == "lesson" and (max_filters < 2 or max_filters % 2):
+            raise ValueError(f"UNet(decoder='lesson'): max_filters is split in two halves (upsampled path "
+                             f"and skip), so it must be even and at least 2, got {max_filters!r}")
         encoder_base, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
         taps = find_skip_layers(encoder_base)
         encoder = keras.Model(
@@ -101,31 +156,12 @@ class UNet(BackboneModel, keras.Model):
         x_in = PadToMultiple(pad_to, name="pad", dtype=dtype)(image) if pad_to else image
         features = encoder(ImagePreprocessing(preprocessing, name="preprocess", dtype=dtype)(x_in))
         skips, x = features[:-1], features[-1]
-        middle = min(x.shape[-1], 2 * max_filters)
-        x = apply_conv_bn_relu(x, middle, "middle_1", dtype=dtype)
-        x = apply_conv_bn_relu(x, middle, "middle_2", dtype=dtype)
-        decoder_filters = []
-        for i in reversed(range(len(taps))):
-            _, _, skip_channels = taps[i]
-            filters = min(skip_channels, max_filters)
-            x = apply_upsample(x, max(x.shape[-1] // 2, 16), upsampling, f"decoder_{i}_up", dtype=dtype)
-            skip = keras.layers.BatchNormalization(name=f"decoder_{i}_skip_bn", dtype=dtype)(skips[i])
-            x = keras.layers.Concatenate(name=f"decoder_{i}_concat", dtype=dtype)([x, skip])
-            x = apply_conv_bn_relu(x, filters, f"decoder_{i}_1", dtype=dtype)
-            x = apply_conv_bn_relu(x, filters, f"decoder_{i}_2", dtype=dtype)
-            decoder_filters.append(filters)
-        factor = taps[0][1] if taps else 32
-        stage = 0
-        while factor > 1:
-            x = apply_upsample(x, max(x.shape[-1] // 2, 16), upsampling, f"final_up_{stage}", dtype=dtype)
-            factor //= 2
-            stage += 1
-        if last_cross:
-            x = keras.layers.Concatenate(name="last_cross", dtype=dtype)([x, x_in])
-            filters = max(x.shape[-1] // 2, 16)
-            x = apply_conv_bn_relu(x, filters, "last_cross_1", dtype=dtype)
-            x = apply_conv_bn_relu(x, filters, "last_cross_2", dtype=dtype)
-        x = keras.layers.Conv2D(num_classes, 1, name="classifier", dtype=dtype)(x)
+        factor = taps[0][1] if taps else 32  # the reduction of the shallowest skip
+        if decoder == "lesson":
+            x, decoder_filters = _lesson_decoder(x, skips, factor, num_classes, max_filters, upsampling, blur, dtype)
+        else:
+            x, decoder_filters = _fastai_decoder(x, skips, taps, factor, x_in, num_classes, max_filters, upsampling,
+                                                 last_cross, blur, dtype)
         x = keras.layers.Activation(output_activation(num_classes), name="probabilities", dtype="float32")(x)
         if pad_to:
             x = CropLike(name="crop", dtype="float32")([x, image])
@@ -136,8 +172,10 @@ class UNet(BackboneModel, keras.Model):
         self.backbone_config = backbone_config
         self.upsampling = upsampling
         self.max_filters = int(max_filters)
-        self.last_cross = bool(last_cross)
+        self.last_cross = last_cross
         self.pad_to = int(pad_to)
+        self.decoder = decoder
+        self.blur = bool(blur)
         self.skip_layers = [name for name, _, _ in taps]
         self.decoder_filters = decoder_filters
 
@@ -151,4 +189,58 @@ class UNet(BackboneModel, keras.Model):
             "max_filters": self.max_filters,
             "last_cross": self.last_cross,
             "pad_to": self.pad_to,
+            "decoder": self.decoder,
+            "blur": self.blur,
         }
+
+
+def _fastai_decoder(x, skips, taps, factor, x_in, num_classes, max_filters, upsampling, last_cross, blur, dtype):
+    """fastai's DynamicUnet decoder, up to the class scores; returns them and the blocks' channels."""
+    middle = min(x.shape[-1], 2 * max_filters)
+    x = apply_conv_bn_relu(x, middle, "middle_1", dtype=dtype)
+    x = apply_conv_bn_relu(x, middle, "middle_2", dtype=dtype)
+    decoder_filters = []
+    for i in reversed(range(len(taps))):
+        _, _, skip_channels = taps[i]
+        filters = min(skip_channels, max_filters)
+        x = apply_upsample(x, max(x.shape[-1] // 2, 16), upsampling, f"decoder_{i}_up", blur=blur, dtype=dtype)
+        skip = keras.layers.BatchNormalization(name=f"decoder_{i}_skip_bn", dtype=dtype)(skips[i])
+        x = keras.layers.Concatenate(name=f"decoder_{i}_concat", dtype=dtype)([x, skip])
+        x = apply_conv_bn_relu(x, filters, f"decoder_{i}_1", dtype=dtype)
+        x = apply_conv_bn_relu(x, filters, f"decoder_{i}_2", dtype=dtype)
+        decoder_filters.append(filters)
+    stage = 0
+    while factor > 1:
+        x = apply_upsample(x, max(x.shape[-1] // 2, 16), upsampling, f"final_up_{stage}", blur=blur, dtype=dtype)
+        factor //= 2
+        stage += 1
+    if last_cross:
+        x = keras.layers.Concatenate(name="last_cross", dtype=dtype)([x, x_in])
+        filters = max(x.shape[-1] // 2, 16)
+        x = apply_conv_bn_relu(x, filters, "last_cross_1", dtype=dtype)
+        x = apply_conv_bn_relu(x, filters, "last_cross_2", dtype=dtype)
+    return keras.layers.Conv2D(num_classes, 1, name="classifier", dtype=dtype)(x), decoder_filters
+
+
+def _lesson_decoder(x, skips, factor, num_classes, filters, upsampling, blur, dtype):
+    """The lesson's Unet34 decoder, up to the class scores; returns them and the blocks' channels."""
+    x = keras.layers.ReLU(name="backbone_relu", dtype=dtype)(x)  # `F.relu(self.rn(x))`
+    for i in reversed(range(len(skips))):
+        x = apply_lesson_unet_block(x, skips[i], filters, f"decoder_{i}", upsampling, blur=blur, dtype=dtype)
+    # A backbone whose shallowest skip is below half resolution: x2 stages (up, ReLU, BN) to half resolution.
+    stage = 0
+    while factor > 2:
+        x = apply_upsample(x, filters // 2, upsampling, f"final_up_{stage}", blur=blur, dtype=dtype)
+        x = keras.layers.BatchNormalization(name=f"final_up_{stage}_bn", dtype=dtype)(x)
+        factor //= 2
+        stage += 1
+    if factor == 1:  # the shallowest skip is already at full resolution (VGG16)
+        x = keras.layers.Conv2D(num_classes, 1, name="classifier", dtype=dtype)(x)
+    else:  # the lesson's `up5 = nn.ConvTranspose2d(256, n_classes, 2, stride=2)`
+        if upsampling == "transpose":
+            x = keras.layers.Conv2DTranspose(num_classes, 2, strides=2, name="classifier", dtype=dtype)(x)
+        else:
+            x = apply_pixel_shuffle_upsample(x, num_classes, 2, name="classifier", dtype=dtype)
+        if blur:
+            x = Blur2D(name="classifier_blur", dtype=dtype)(x)
+    return x, [filters] * len(skips)

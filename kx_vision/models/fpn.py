@@ -1,0 +1,141 @@
+"""Feature pyramid network (Lin et al. 2017) with the semantic segmentation branch of Panoptic FPN
+(Kirillov et al. 2019), over any functional backbone."""
+
+import math
+
+import keras
+
+from kx_vision.backbones import find_skip_layers, resolve_backbone
+from kx_vision.layers import BilinearUpSampling2D, CropLike, ImagePreprocessing, PadToMultiple
+from kx_vision.models.unet import BackboneModel, output_activation
+
+MERGES = ("add", "concat")
+
+
+def apply_pyramid_block(x, feature, filters, name, dtype=None):
+    """One top-down step of the pyramid: the coarser level `x` upsampled x2 (nearest), plus the
+    backbone feature of this level through a 1x1 conv (the lateral connection): `{name}_up`,
+    `{name}_lateral`, `{name}_add`."""
+    x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_up", dtype=dtype)(x)
+    lateral = keras.layers.Conv2D(filters, 1, name=f"{name}_lateral", dtype=dtype)(feature)
+    return keras.layers.Add(name=f"{name}_add", dtype=dtype)([x, lateral])
+
+
+def apply_segmentation_branch(x, filters, num_upsamples, name, dtype=None):
+    """Panoptic FPN's per-level branch: `max(1, num_upsamples)` stages of 3x3 conv, batch norm and ReLU,
+    the first `num_upsamples` of them followed by a x2 bilinear upsampling, so every level reaches the
+    finest level's resolution. Layers `{name}_{k}_conv/_bn/_relu/_up`."""
+    for k in range(max(1, num_upsamples)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_{k}_conv", dtype=dtype)(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_{k}_bn", dtype=dtype)(x)
+        x = keras.layers.ReLU(name=f"{name}_{k}_relu", dtype=dtype)(x)
+        if k < num_upsamples:
+            x = BilinearUpSampling2D(2, name=f"{name}_{k}_up", dtype=dtype)(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package="kx_vision")
+class FPN(BackboneModel, keras.Model):
+    """A feature pyramid segmentation network whose encoder is a pretrained classification backbone.
+
+    The pyramid levels are the backbone's activations at strides 4, 8, 16 (found as the U-Net's skips,
+    by `find_skip_layers`; stride 2 is not used) and its output (stride 32): C2..C5 for ResNet50. Top
+    down (Lin et al.), P5 is a 1x1 conv of C5 and each finer P is the coarser one upsampled x2 (nearest)
+    plus a 1x1 conv of its C, all with `pyramid_filters` channels. Each P goes through the semantic
+    branch of Panoptic FPN (Kirillov et al.): 3x3 conv-BN-ReLU with `segmentation_filters` channels and
+    x2 bilinear upsampling, repeated until stride 4 (P2: one conv, P5: three conv-upsample stages); the
+    four maps are added (`merge="add"`) or concatenated (`"concat"`), a 1x1 conv gives the class scores
+    and a x4 bilinear upsampling the full resolution. As segmentation_models' FPN, with batch norm where
+    Panoptic FPN has group norm, like the rest of kx_vision's decoders.
+
+    Inputs are RGB images in [0, 1] of any size: padded (reflection) to a multiple of `pad_to` and the
+    output cropped back. Outputs are per-pixel probabilities in float32: sigmoid with `num_classes=1`,
+    softmax otherwise.
+
+    Args:
+        num_classes: 1 for binary segmentation, else the number of classes (void excluded).
+        backbone: a name ("resnet50", "vgg16", "mobilenetv2", "efficientnetb0", ...) or a functional
+            `keras.Model` taking images (its own preprocessing included).
+        backbone_weights: for a named backbone: "imagenet" (default), `None`, or a weights file. Not
+            part of the config: a saved FPN restores its own weights.
+        pyramid_filters: channels of the pyramid levels (256 in the papers).
+        segmentation_filters: channels of the segmentation branches (128 in the papers).
+        merge: "add" or "concat" the branches.
+        pad_to: pad inputs to a multiple of this (0: inputs must already fit the backbone).
+    """
+
+    def __init__(
+        self,
+        num_classes=1,
+        backbone="resnet50",
+        backbone_weights="imagenet",
+        pyramid_filters=256,
+        segmentation_filters=128,
+        merge="add",
+        pad_to=32,
+        dtype=None,
+        **kwargs,
+    ):
+        if merge not in MERGES:
+            raise ValueError(f"FPN: merge must be one of {MERGES}, got {merge!r}")
+        encoder_base, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
+        taps = [tap for tap in find_skip_layers(encoder_base) if tap[1] >= 4]
+        if not taps:
+            raise ValueError(f"FPN: backbone {encoder_base.name!r} has no feature map at stride 4 or more "
+                             "below its output; a pyramid needs at least two levels")
+        encoder = keras.Model(
+            encoder_base.inputs,
+            [encoder_base.get_layer(name).output for name, _, _ in taps] + [encoder_base.output],
+            name="backbone",
+        )
+        # Pyramid levels by log2 of their stride (Lin et al.'s P2..P5); the output is one halving below
+        # the deepest tap (find_skip_layers taps the last layer before each halving).
+        levels = [int(math.log2(factor)) for _, factor, _ in taps]
+        levels.append(levels[-1] + 1)
+
+        # === Functional Model ===
+        image = keras.Input(shape=(None, None, 3), name="image")
+        x = PadToMultiple(pad_to, name="pad", dtype=dtype)(image) if pad_to else image
+        features = encoder(ImagePreprocessing(preprocessing, name="preprocess", dtype=dtype)(x))
+        p = keras.layers.Conv2D(pyramid_filters, 1, name=f"p{levels[-1]}_lateral", dtype=dtype)(features[-1])
+        pyramid = [p]
+        for feature, level in zip(features[-2::-1], levels[-2::-1]):
+            p = apply_pyramid_block(p, feature, pyramid_filters, f"p{level}", dtype=dtype)
+            pyramid.append(p)
+        finest = levels[0]
+        branches = [
+            apply_segmentation_branch(p, segmentation_filters, level - finest, f"segmentation_p{level}", dtype=dtype)
+            for p, level in zip(pyramid, levels[::-1])
+        ]
+        if merge == "add":
+            x = keras.layers.Add(name="merge", dtype=dtype)(branches)
+        else:
+            x = keras.layers.Concatenate(name="merge", dtype=dtype)(branches)
+        x = keras.layers.Conv2D(num_classes, 1, name="classifier", dtype=dtype)(x)
+        x = BilinearUpSampling2D(2**finest, name="final_up", dtype=dtype)(x)
+        x = keras.layers.Activation(output_activation(num_classes), name="probabilities", dtype="float32")(x)
+        if pad_to:
+            x = CropLike(name="crop", dtype="float32")([x, image])
+        super().__init__(inputs=image, outputs=x, **kwargs)
+
+        # === Config ===
+        self.num_classes = int(num_classes)
+        self.backbone_config = backbone_config
+        self.pyramid_filters = int(pyramid_filters)
+        self.segmentation_filters = int(segmentation_filters)
+        self.merge = merge
+        self.pad_to = int(pad_to)
+        self.skip_layers = [name for name, _, _ in taps]
+        self.pyramid_levels = levels
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "num_classes": self.num_classes,
+            "backbone": self.backbone_config,
+            "pyramid_filters": self.pyramid_filters,
+            "segmentation_filters": self.segmentation_filters,
+            "merge": self.merge,
+            "pad_to": self.pad_to,
+        }
