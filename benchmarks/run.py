@@ -138,7 +138,7 @@ def bench_edsr_train(args):
     import keras
 
     from kx_vision import config as config_lib
-    from kx_vision import train
+    from kx_vision import trainer
     from kx_vision.tasks import superres
 
     blocks, filters = (4, 32) if args.quick else (16, 64)
@@ -149,9 +149,10 @@ def bench_edsr_train(args):
             config = config_lib.load(superres.Config, None, [
                 f"model.num_blocks={blocks}", f"model.num_filters={filters}", f"data.batch_size={batch}",
                 f"data.patch_size={lr_size * 2}", f"precision={precision}"])
-            model = superres.build_model(config)
-            model.compile(optimizer=train.build_optimizer(config, 10_000), loss=superres.build_loss(config),
-                          metrics=superres.build_metrics(config))
+            task = superres.SuperResTask(config)
+            model = task.build_model()
+            model.compile(optimizer=trainer.build_optimizer(config, 10_000), loss=task.build_loss(),
+                          metrics=task.build_metrics())
             xs, ys = random_batches((batch, lr_size, lr_size, 3), (batch, lr_size * 2, lr_size * 2, 3))
             seconds, warmup = time_fit(model, xs, ys, args.steps, args.repeats)
             flops = edsr_train_flops(batch, lr_size, 2, blocks, filters)
@@ -273,7 +274,7 @@ def bench_pipeline(args):
                 ("train_images", "train"), ("train_masks", "trainannot"), ("val_images", "val"),
                 ("val_masks", "valannot"))] + ["num_classes=11", "ignore_class=11", "data.image_size=360,480",
                                                "data.batch_size=8"])
-        train = segmentation.build_data(config)["train"]
+        train = segmentation.SegmentationTask(config).build_data().train
         emit({"benchmark": "pipeline", "task": "segmentation camvid", "pipeline": "tf.data",
               "batch": config.data.batch_size, "size": "x".join(map(str, config.data.image_size)),
               "images_per_s": round(_throughput(iter(train.repeat()), config.data.batch_size,

@@ -3,7 +3,7 @@
 import os as _os
 import sys as _sys
 
-__version__ = "0.1.0"
+from kx_vision.version import __version__  # noqa: F401
 
 
 def _started_from_command_line():

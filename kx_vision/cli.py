@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: quiet start-up and one error handler.
+"""What every command-line entry point shares: quiet start-up, one error handler, and `kx-vision`,
+the one console script (`kx-vision train superres ...` is `python -m kx_vision.train superres ...`).
 
 Imports nothing heavy, so that `--help` stays instant: Keras, TensorFlow and JAX are imported by
 the commands themselves, after their arguments are parsed.
@@ -98,17 +99,38 @@ def _command():
 
 def quiet_start_from_argv(argv):
     """`quiet_start` for a command about to parse `argv`. `--help` must be instant, so it imports
-    nothing, except for `train`, whose help lists the tasks' config keys (importing the tasks, and
-    with them Keras and, on its TensorFlow backend, TensorFlow). `prepare` never needs TensorFlow."""
+    nothing (train's help lists the tasks' config keys, which need no framework); `prepare` never
+    needs TensorFlow."""
     command = _command().replace("kx-vision-", "kx_vision.")
     if command == "kx-vision":  # the one console script: `kx-vision COMMAND ...`
         command, argv = f"kx_vision.{argv[0] if argv else ''}", argv[1:]
     helping = bool({"-h", "--help"} & set(argv))
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if command == "kx_vision.prepare":
-        tensorflow = False
-    elif helping:
-        tensorflow = backend == "tensorflow" and command == "kx_vision.train"
-    else:
-        tensorflow = True
-    quiet_start("--verbose" in argv, tensorflow=tensorflow)
+    quiet_start("--verbose" in argv, tensorflow=not helping and command != "kx_vision.prepare")
+
+
+# `kx-vision COMMAND ...`: each command is a module with a `main(argv)`.
+COMMANDS = {
+    "train": ("kx_vision.train", "train a task (superres, segmentation, style)"),
+    "evaluate": ("kx_vision.evaluate", "score a model (or bicubic) on image folders or tfds"),
+    "predict": ("kx_vision.predict", "run a model on images (any size, tiled), writing PNGs"),
+    "export": ("kx_vision.export", "export a .keras model as a TensorFlow SavedModel"),
+    "prepare": ("kx_vision.prepare", "resize a folder, or cut HR images into crops"),
+}
+
+
+def main(argv=None):
+    """The `kx-vision` console script: dispatch to a command's `main`."""
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+        print(f"usage: kx-vision COMMAND [--help] ...\n\ncommands:\n{lines}\n\n"
+              "The Keras backend is chosen with KERAS_BACKEND (tensorflow or jax).")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    module, _ = COMMANDS[argv[0]]
+    return importlib.import_module(module).main(argv[1:])

@@ -330,7 +330,6 @@ def _merge(base, update, path, prefix=""):
 
 def dump(config, path):
     """Write `config` as YAML atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(to_dict(config), f, sort_keys=False)
-    os.replace(tmp, path)
+    from kx_vision.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -65,28 +65,6 @@ def _load_tfds(spec, limit=None):
     return names, images
 
 
-def resolve_model(name_or_path, scale, command="evaluate superres"):
-    """`(predict_fn, scale)` for `bicubic`, a `.keras` file, a preset directory or a preset name (its scale
-    must agree with `scale`). A model of another task (a U-Net, a style network) is refused naming the
-    file; the outputs of any other Keras model are checked to be `scale` times the input."""
-    from kx_vision import inference
-
-    if name_or_path == "bicubic":
-        if scale is None:
-            raise KxVisionError("--scale is required with --model bicubic")
-        return inference.bicubic(scale), scale
-    from kx_vision.models.loading import load_model_or_preset
-
-    model = inference.check_task(load_model_or_preset(name_or_path), name_or_path, "superres", command)
-    model_scale = getattr(model, "scale", None)
-    if scale is not None and model_scale is not None and scale != model_scale:
-        raise KxVisionError(f"{name_or_path} is a x{model_scale} model but --scale is {scale}")
-    scale = scale or model_scale
-    if scale is None:
-        raise KxVisionError(f"{name_or_path} does not record its scale; pass --scale")
-    return inference.checked_output(inference.as_predict_fn(model), name_or_path, "superres", scale), scale
-
-
 def evaluate(predict, names, images, scale, self_ensemble=False):
     """Per-image rows `{"image", "psnr", "ssim", "psnr_rgb"}` and their mean."""
     from kx_vision import inference, metrics
@@ -205,8 +183,8 @@ def evaluate_segmentation(args):
     """Scores of a segmentation model on image/mask folders, each image at its own size."""
     from kx_vision.data.masks import find_pairs, load_pairs
     from kx_vision.inference import as_predict_fn, check_task, checked_output
+    from kx_vision.metrics import confusion_matrix, scores_from_confusion
     from kx_vision.models.loading import load_model
-    from kx_vision.tasks.segmentation import confusion_matrix, scores_from_confusion
 
     names, source = class_names(args)
     model = check_task(load_model(args.model), args.model, "segmentation", "evaluate segmentation")
@@ -239,7 +217,9 @@ def main_segmentation(args):
 
 
 def main_superres(args):
-    predict, scale = resolve_model(args.model, args.scale)
+    from kx_vision.inference import resolve_superres_model
+
+    predict, scale = resolve_superres_model(args.model, args.scale)
     names, images = load_hr_images(args.data, args.limit)
     rows, mean = evaluate(predict, names, images, scale, args.self_ensemble)
     print(f"{args.model} x{scale}{' (self-ensemble)' if args.self_ensemble else ''} on {args.data}")

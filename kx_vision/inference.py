@@ -193,3 +193,23 @@ def predict_whole(predict, image):
     """Super-resolve one `(H, W, 3)` float image in one call; returns uint8."""
     sr = np.asarray(predict(image[None].astype(np.float32)))[0]
     return np.round(np.clip(sr, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def resolve_superres_model(name_or_path, scale, command="evaluate superres"):
+    """`(predict_fn, scale)` for `bicubic`, a `.keras` file, a preset directory or a preset name (its scale
+    must agree with `scale`). A model of another task (a U-Net, a style network) is refused naming the
+    file; the outputs of any other Keras model are checked to be `scale` times the input."""
+    if name_or_path == "bicubic":
+        if scale is None:
+            raise KxVisionError("--scale is required with --model bicubic")
+        return bicubic(scale), scale
+    from kx_vision.models.loading import load_model_or_preset
+
+    model = check_task(load_model_or_preset(name_or_path), name_or_path, "superres", command)
+    model_scale = getattr(model, "scale", None)
+    if scale is not None and model_scale is not None and scale != model_scale:
+        raise KxVisionError(f"{name_or_path} is a x{model_scale} model but --scale is {scale}")
+    scale = scale or model_scale
+    if scale is None:
+        raise KxVisionError(f"{name_or_path} does not record its scale; pass --scale")
+    return checked_output(as_predict_fn(model), name_or_path, "superres", scale), scale

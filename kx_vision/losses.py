@@ -4,15 +4,7 @@ import keras
 from keras import ops
 
 from kx_vision.backbones import vgg16_feature_extractor
-
-# keras.applications' "caffe" preprocessing: BGR order, 0-255 scale, ImageNet mean removed.
-_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-
-
-def to_caffe(images):
-    """RGB in [0, 1] -> the input VGG16 was trained on (BGR, 0-255, mean-subtracted)."""
-    bgr = ops.flip(ops.convert_to_tensor(images, "float32"), axis=-1) * 255.0
-    return bgr - ops.convert_to_tensor(_CAFFE_BGR_MEAN, "float32")
+from kx_vision.image_ops import labels_and_valid, to_caffe  # noqa: F401 - to_caffe is part of this module's API
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
@@ -78,16 +70,10 @@ class PerceptualLoss(keras.losses.Loss):
 
 
 def _valid_and_labels(y_true, num_classes, ignore_class):
-    """`(labels, valid)`: integer labels `(N, H, W)` with ignored pixels set to 0, and a float mask
-    `(N, H, W)` that is 0 on ignored pixels."""
-    labels = ops.convert_to_tensor(y_true)
-    if len(labels.shape) == 4:
-        labels = labels[..., 0]
-    labels = ops.cast(labels, "int32")
-    if ignore_class is None:
-        return labels, ops.ones_like(labels, dtype="float32")
-    valid = ops.not_equal(labels, ignore_class)
-    return ops.where(valid, labels, 0), ops.cast(valid, "float32")
+    """`(labels, valid)`: integer labels `(N, H, W)` with ignored pixels set to 0 (a valid class id, so
+    one-hot and gathers stay in range; `valid` removes them), and a float mask `(N, H, W)`."""
+    labels, valid = labels_and_valid(y_true, ignore_class)
+    return ops.where(valid > 0, labels, 0), valid
 
 
 def _probabilities(y_pred, num_classes):

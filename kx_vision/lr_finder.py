@@ -2,10 +2,11 @@
 
 import json
 import math
-import os
 
 import keras
 import numpy as np
+
+from kx_vision.fileio import atomic_write, atomic_write_text
 
 
 class LRFinder(keras.callbacks.Callback):
@@ -103,18 +104,15 @@ def save_plot(result, path):
                    label=f"suggested {result['suggestion']:.2e}")
         ax.legend()
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss (exponentially smoothed, the task's loss units)")
     ax.set_title("learning-rate range test")
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def save_json(result, path):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result))

@@ -8,7 +8,10 @@ K1 = 0.01, K2 = 0.03, 'valid' filtering), as their MATLAB `ssim_index` that the 
 """
 
 import keras
+import numpy as np
 from keras import ops
+
+from kx_vision.image_ops import labels_and_valid
 
 # ITU-R BT.601 luma for RGB in [0, 1], giving Y on the 0-255 scale (MATLAB rgb2ycbcr).
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -138,17 +141,12 @@ class SSIM(_ImageQualityMetric):
 
 def _hard_labels(y_true, y_pred, num_classes, ignore_class):
     """Integer labels and predictions `(N, H, W)` and a float validity mask."""
-    labels = ops.convert_to_tensor(y_true)
-    if len(labels.shape) == 4:
-        labels = labels[..., 0]
-    labels = ops.cast(labels, "int32")
+    labels, valid = labels_and_valid(y_true, ignore_class)
     y_pred = ops.convert_to_tensor(y_pred)
     if num_classes == 1:
         predicted = ops.cast(ops.greater_equal(y_pred[..., 0], 0.5), "int32")
     else:
         predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
-    valid = ops.ones_like(labels, dtype="float32") if ignore_class is None else ops.cast(
-        ops.not_equal(labels, ignore_class), "float32")
     return labels, predicted, valid
 
 
@@ -252,3 +250,32 @@ class StyleLossPart(keras.metrics.Mean):
 
     def get_config(self):
         return {"part": self.part, "name": self.name, "dtype": self.dtype}
+
+
+# Segmentation scores over a whole data set (evaluate, training reports): a confusion matrix from Keras's
+# `MeanIoU`, then IoU per class, its mean and pixel accuracy in NumPy.
+def confusion_matrix(predict, batches, num_classes, ignore_class=None):
+    """Confusion matrix (rows: truth, columns: prediction) over `(images, masks)` batches, with
+    Keras's `MeanIoU`, which skips `ignore_class` pixels."""
+    classes = max(num_classes, 2)
+    metric = keras.metrics.MeanIoU(classes, ignore_class=ignore_class, sparse_y_pred=True)
+    for images, masks in batches:
+        probs = np.asarray(predict(images))
+        labels = (probs[..., 0] >= 0.5).astype(np.int32) if num_classes == 1 else probs.argmax(-1)
+        metric.update_state(np.asarray(masks).reshape(labels.shape), labels)
+    return np.asarray(keras.ops.convert_to_numpy(metric.total_cm), dtype=np.int64)
+
+
+def scores_from_confusion(cm, class_names=None):
+    """`{"miou", "pixel_accuracy", "per_class_iou"}` from a confusion matrix. Classes absent from
+    both truth and prediction get IoU NaN and are left out of the mean (as `MeanIoU` does)."""
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    names = class_names if class_names and len(class_names) == len(iou) else [str(i) for i in range(len(iou))]
+    return {
+        "miou": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
+        "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, iou)},
+    }

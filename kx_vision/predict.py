@@ -162,9 +162,8 @@ def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, sel
         from PIL import Image
 
         from kx_vision import inference
-        from kx_vision.evaluate import resolve_model
 
-        predict, model_scale = resolve_model(model_path, scale, command="predict superres")
+        predict, model_scale = inference.resolve_superres_model(model_path, scale, command="predict superres")
         if self_ensemble:
             predict = inference.self_ensemble(predict)
 

@@ -25,7 +25,7 @@ if keras.backend.backend() == "tensorflow" and sys.argv[1] != "worker":
 
 from tests_helpers import CrashAfterFirstEpoch, DumpWeights, EpochsSeen, tiny_config  # noqa: E402
 
-from kx_vision import distribute, train  # noqa: E402
+from kx_vision import distribute, trainer  # noqa: E402
 from kx_vision.tasks import superres  # noqa: E402
 
 
@@ -111,13 +111,13 @@ def resumes(folder, out):
 def resume(folder, out, first, then):
     """Interrupted after epoch 1 with `distribute=first`, resumed (and finished) with `distribute=then`."""
     try:
-        train.fit(superres, tiny_config(folder, distribute=first), out, verbose=0,
+        trainer.fit(superres.SuperResTask, tiny_config(folder, distribute=first), out, verbose=0,
                   extra_callbacks=[CrashAfterFirstEpoch()])
     except KeyboardInterrupt:
         pass
     checkpoint = keras.saving.load_model(os.path.join(out, "checkpoints", "last.keras"))
     epochs = EpochsSeen()
-    model, summary = train.fit(superres, tiny_config(folder, distribute=then), out, verbose=0,
+    model, summary = trainer.fit(superres.SuperResTask, tiny_config(folder, distribute=then), out, verbose=0,
                                extra_callbacks=[epochs])
     return {"resumed_epochs": epochs.seen, "psnr": summary["psnr"], "checkpoint_params": checkpoint.count_params(),
             "params": model.count_params()}
@@ -137,7 +137,7 @@ def worker(folder, out):
         return seen["dist"]
 
     distribute.setup = recording_setup
-    train.fit(superres, tiny_config(folder, distribute="multi_worker", epochs=1), out, verbose=0,
+    trainer.fit(superres.SuperResTask, tiny_config(folder, distribute="multi_worker", epochs=1), out, verbose=0,
               extra_callbacks=[DumpWeights(out, f"worker{index}")])
     print(json.dumps({"worker": index, "replicas": seen["dist"].num_replicas, "chief": seen["dist"].is_chief}))
 

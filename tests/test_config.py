@@ -55,12 +55,12 @@ def test_defaults_and_shipped_configs_are_valid():
     for task in TASKS.values():  # every default passes its own declared ranges
         assert config_lib.load(task.Config) == task.Config()
         config_lib.validate(task.Config())
-    superres.check_config(superres.Config())
-    segmentation.check_config(segmentation.Config())
+    superres.Task(superres.Config()).check_config()
+    segmentation.Task(segmentation.Config()).check_config()
     configs = sorted(CONFIGS.glob("*.yaml"))
     assert len(configs) >= 4
     for path in configs:
-        _task_of(path).check_config(config_lib.load(_task_of(path).Config, str(path)))
+        _task_of(path).Task(config_lib.load(_task_of(path).Config, str(path))).check_config()
 
 
 def test_help_lists_every_key(capsys):
@@ -165,14 +165,14 @@ def test_ranges_hold_in_a_yaml_file_and_name_it(tmp_path):
 
 def test_check_config_validates_configs_built_in_python():
     with pytest.raises(ConfigError, match="config key 'epochs' must be >= 1, got 0"):
-        superres.check_config(superres.Config(epochs=0))
+        superres.Task(superres.Config(epochs=0)).check_config()
     bad = segmentation.Config(data=segmentation.DataConfig(val_split=2.0))
     with pytest.raises(ConfigError, match=r"'data.val_split' must be in \(0, 1\), got 2"):
-        segmentation.check_config(bad)
+        segmentation.Task(bad).check_config()
     with pytest.raises(ConfigError, match="'loss.ce_weight' and 'loss.dice_weight' are both 0"):
-        segmentation.check_config(segmentation.Config(loss=segmentation.LossConfig(ce_weight=0, dice_weight=0)))
+        segmentation.Task(segmentation.Config(loss=segmentation.LossConfig(ce_weight=0, dice_weight=0))).check_config()
     with pytest.raises(ConfigError, match="'loss.tv_weight' are all 0"):
-        style.check_config(style.Config(loss=style.LossConfig(content_weight=0, style_weight=0)))
+        style.Task(style.Config(loss=style.LossConfig(content_weight=0, style_weight=0))).check_config()
 
 
 def test_help_shows_each_range(capsys):
@@ -213,8 +213,9 @@ def test_cli_refuses_nonsense_numbers_leaving_a_finished_run_alone(tmp_path, cap
     "task, assignment, message",
     [
         ("style", "loss.name=l1", "unknown config key 'loss.name'; the keys of section 'loss' are: "
-                                  "loss.vgg_weights, loss.content_weight, loss.style_weight, loss.tv_weight, "
-                                  "loss.style_size"),
+                                  "loss.vgg_weights, loss.content_layers, loss.style_layers, "
+                                  "loss.style_layer_weights, loss.content_weight, loss.style_weight, "
+                                  "loss.tv_weight, loss.style_size"),
         ("superres", "loss.nmae=l1", "unknown config key 'loss.nmae' (did you mean 'loss.name'?)"),
         ("superres", "model.patch_size=48", "unknown config key 'model.patch_size' (did you mean 'data.patch_size'?)"),
         ("superres", "learning_rate=1e-4",

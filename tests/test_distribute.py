@@ -125,11 +125,11 @@ def test_two_workers_on_localhost_agree(folders, tmp_path):
     for key in first.files:
         np.testing.assert_array_equal(first[key], second[key])
     # ... and they trained like one device taking the same global batches
-    from kx_vision import train
+    from kx_vision import trainer
     from kx_vision.tasks import superres
 
     alone = tmp_path / "alone"
-    train.fit(superres, tiny_config(folders, distribute="none", epochs=1), str(alone), verbose=0,
+    trainer.fit(superres.SuperResTask, tiny_config(folders, distribute="none", epochs=1), str(alone), verbose=0,
               extra_callbacks=[DumpWeights(str(alone), "worker0")])
     single = np.load(alone / "final_worker0.npz")
     for key in first.files:
@@ -188,10 +188,10 @@ def test_bad_distribute_settings_are_explained(folders, tmp_path, monkeypatch):
         config = config_lib.load(superres.SuperResConfig, None, [
             f"data.train={folders / 'train'}", f"data.val={folders / 'val'}", "data.batch_size=3",
             "data.patch_size=16", "distribute=mirrored"])
-        from kx_vision import train
+        from kx_vision import trainer
 
         with pytest.raises(ConfigError, match="'data.batch_size' \\(3\\) is the global batch"):
-            train.fit(superres, config, str(tmp_path / "run"), verbose=0)
+            trainer.fit(superres.SuperResTask, config, str(tmp_path / "run"), verbose=0)
     else:
         monkeypatch.delenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", raising=False)
         with pytest.raises(ConfigError, match="needs KERAS_DISTRIBUTION_JOB_ADDRESSES"):

@@ -9,7 +9,7 @@ import pytest
 import kx_vision
 
 PACKAGE = Path(kx_vision.__file__).parent
-BACKEND_FREE = ["layers", "models", "losses.py", "metrics.py", "data/transforms.py", "backbones.py"]
+BACKEND_FREE = ["layers", "models", "losses.py", "metrics.py", "data/transforms.py", "backbones.py", "image_ops.py"]
 
 
 @pytest.mark.parametrize("part", BACKEND_FREE)
@@ -29,7 +29,73 @@ def test_public_objects_are_registered():
                 layers.ImagePreprocessing, layers.ReflectionPadding2D, models.EDSR, models.UNet,
                 models.UpsampleHeadNet, models.StyleTransferNet, losses.PerceptualLoss, losses.SegmentationLoss,
                 losses.StyleTransferLoss, metrics.PSNR, metrics.SSIM, metrics.PixelAccuracy, metrics.Dice,
-                metrics.StyleLossPart, optimizers.OneCycle, optimizers.Adam, optimizers.AdamW, optimizers.SGD]:
+                metrics.StyleLossPart, layers.Blur2D, layers.BilinearUpSampling2D, models.FPN, optimizers.OneCycle, optimizers.Adam, optimizers.AdamW, optimizers.SGD]:
         name = keras.saving.get_registered_name(obj)
         assert name == f"kx_vision>{obj.__name__}"
         assert keras.saving.get_registered_object(name) is obj
+
+
+# The floors of the package, lowest first (ARCHITECTURE.md). A module imports only from lower floors or from
+# its own group (`models.fpn` from `models.unet`; never `models` from `losses`, nor `evaluate` from `predict`);
+# function-local imports count too.
+FLOORS = [
+    ["errors", "version", "fileio"],
+    ["config", "keras_fixes", "cli", "image_ops"],
+    ["layers"],
+    ["backbones"],
+    ["models", "losses", "metrics", "optimizers", "data"],
+    ["inference", "callbacks", "lr_finder", "distribute"],
+    ["tasks"],
+    ["trainer"],
+    ["train", "evaluate", "predict", "export", "prepare"],
+    [""],  # the package itself (`import kx_vision` registers the public objects)
+]
+
+
+def _group(module):
+    """`kx_vision.models.unet` -> "models"; `kx_vision` -> ""."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imports_of_package():
+    import ast
+
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("kx_vision",) + path.relative_to(PACKAGE).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if alias.name.startswith("kx_vision")}
+            elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("kx_vision"):
+                for alias in node.names:  # `from kx_vision import layers` imports the module kx_vision.layers
+                    sub = f"{node.module}.{alias.name}"
+                    is_module = (PACKAGE.parent / sub.replace(".", "/")).with_suffix(".py").exists() or (
+                        PACKAGE.parent / sub.replace(".", "/")).is_dir()
+                    found.add(sub if is_module else node.module)
+        graph[module] = found
+    return graph
+
+
+def test_imports_point_down_the_floors():
+    floor_of = {group: i for i, groups in enumerate(FLOORS) for group in groups}
+    graph = _imports_of_package()
+    unknown = sorted({_group(m) for m in graph} - set(floor_of))
+    assert not unknown, f"modules on no floor (add them to FLOORS and ARCHITECTURE.md): {unknown}"
+    wrong = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            here, there = _group(module), _group(target)
+            if here != there and floor_of[there] >= floor_of[here]:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "imports reaching up or sideways:\n" + "\n".join(wrong)
+
+
+def test_the_floor_check_catches_a_sideways_import(tmp_path):
+    # The check above must see function-local imports: a model that imported a loss would be caught.
+    floor_of = {group: i for i, groups in enumerate(FLOORS) for group in groups}
+    assert floor_of["losses"] == floor_of["models"]  # so models -> losses counts as sideways
+    graph = _imports_of_package()
+    assert "kx_vision.trainer" in graph["kx_vision.train"]  # imported inside main(): seen

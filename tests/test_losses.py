@@ -66,8 +66,8 @@ def test_superres_mse_loss_is_the_mean_squared_error(rng):
     from kx_vision.tasks import superres
 
     config = config_lib.load(superres.SuperResConfig, None, ["loss.name=mse"])
-    loss = superres.build_loss(config)
+    loss = superres.SuperResTask(config).build_loss()
     a, b = rng.random((2, 8, 8, 3)).astype("float32"), rng.random((2, 8, 8, 3)).astype("float32")
     assert float(keras.ops.convert_to_numpy(loss(a, b))) == pytest.approx(float(np.mean((a - b) ** 2)), rel=1e-5)
-    l1 = superres.build_loss(config_lib.load(superres.SuperResConfig, None, ["loss.name=l1"]))
+    l1 = superres.SuperResTask(config_lib.load(superres.SuperResConfig, None, ["loss.name=l1"])).build_loss()
     assert float(keras.ops.convert_to_numpy(l1(a, b))) == pytest.approx(float(np.mean(np.abs(a - b))), rel=1e-5)

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from testing import run_serialization_test
 
 from kx_vision.optimizers import SGD, Adam, OneCycle, one_cycle
 
@@ -23,7 +24,7 @@ def test_one_cycle_matches_numpy_reference():
     assert float(lr(30)) == pytest.approx(1e-2) and float(mom(30)) == pytest.approx(0.85)
     linear = OneCycle(0.0, 1.0, 0.0, 10, pct_start=0.5, anneal="linear")
     np.testing.assert_allclose([float(linear(s)) for s in range(11)], [0, .2, .4, .6, .8, 1, .8, .6, .4, .2, 0], atol=1e-6)
-    assert OneCycle.from_config(linear.get_config()).get_config() == linear.get_config()
+    run_serialization_test(linear)
 
 
 def _model():

@@ -11,7 +11,7 @@ import keras
 import pytest
 from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
-from kx_vision import cli, train
+from kx_vision import cli, train, trainer
 from kx_vision import config as config_lib
 from kx_vision.tasks import superres
 
@@ -66,32 +66,32 @@ def test_finished_run_is_left_alone_continued_or_overwritten(folders, tmp_path, 
     assert history_epochs(out) == [0, 1]
 
     seen = EpochsSeen()
-    train.fit(superres, tiny_config(folders, epochs=3), str(out), verbose=0, extra_callbacks=[seen])
+    trainer.fit(superres.SuperResTask, tiny_config(folders, epochs=3), str(out), verbose=0, extra_callbacks=[seen])
     assert seen.seen == [2]  # more epochs continue the finished run
     assert "continuing the finished run from epoch 2 of 3" in capsys.readouterr().out
     assert history_epochs(out) == [0, 1, 2]
 
     seen = EpochsSeen()
-    train.fit(superres, tiny_config(folders, epochs=3), str(out), verbose=0, extra_callbacks=[seen], overwrite=True)
+    trainer.fit(superres.SuperResTask, tiny_config(folders, epochs=3), str(out), verbose=0, extra_callbacks=[seen], overwrite=True)
     assert seen.seen == [0, 1, 2]
     assert history_epochs(out) == [0, 1, 2]
 
 
 def test_finished_run_with_another_config_is_refused(folders, tmp_path):
     out = tmp_path / "run"
-    train.fit(superres, tiny_config(folders), str(out), verbose=0)
+    trainer.fit(superres.SuperResTask, tiny_config(folders), str(out), verbose=0)
     from kx_vision.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"finished run with a different config \(model.num_filters differ"):
-        train.fit(superres, tiny_config(folders, **{"model.num_filters": 4}), str(out), verbose=0)
+        trainer.fit(superres.SuperResTask, tiny_config(folders, **{"model.num_filters": 4}), str(out), verbose=0)
 
 
 def test_resumed_run_says_where_it_resumes(folders, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, tiny_config(folders, epochs=3), str(out), verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
+        trainer.fit(superres.SuperResTask, tiny_config(folders, epochs=3), str(out), verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
     capsys.readouterr()
-    train.fit(superres, tiny_config(folders, epochs=3), str(out), verbose=0)
+    trainer.fit(superres.SuperResTask, tiny_config(folders, epochs=3), str(out), verbose=0)
     printed = capsys.readouterr().out
     assert f"resuming from epoch 1 of 3 (backup {out / 'backup' / 'all' / 'epoch-00001.weights.h5'})" in printed
     assert history_epochs(out) == [0, 1, 2]
@@ -99,13 +99,13 @@ def test_resumed_run_says_where_it_resumes(folders, tmp_path, capsys):
 
 def test_best_checkpoint_survives_a_resume(folders, tmp_path, monkeypatch):
     # With "max" on the validation loss, the first epoch (highest loss) is the best and every later one worse.
-    monkeypatch.setattr(superres, "MONITOR", ("val_loss", "max"))
+    monkeypatch.setattr(superres.SuperResTask, "monitor", ("val_loss", "max"))
     out = tmp_path / "run"
     config = tiny_config(folders, epochs=3, **{"optimizer.learning_rate": 0.01})
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, config, str(out), verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
+        trainer.fit(superres.SuperResTask, config, str(out), verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
     best = digest(out / "checkpoints" / "best.keras")
-    _, summary = train.fit(superres, config, str(out), verbose=0)
+    _, summary = trainer.fit(superres.SuperResTask, config, str(out), verbose=0)
     assert digest(out / "checkpoints" / "best.keras") == best  # never replaced by a worse model after the resume
     assert summary["best"]["epoch"] == 1 and summary["best"]["monitor"] == "val_loss"
 
@@ -127,22 +127,22 @@ def test_killed_backup_write_and_unreadable_backup(folders, tmp_path, monkeypatc
 
     # Epoch 0 is backed up, then the run is killed while writing epoch 1's backup.
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, config, str(out), verbose=0, extra_callbacks=[KilledWhileWriting()])
+        trainer.fit(superres.SuperResTask, config, str(out), verbose=0, extra_callbacks=[KilledWhileWriting()])
     monkeypatch.setattr(keras.Model, "save_weights", original)
     seen = EpochsSeen()
-    train.fit(superres, config, str(out), verbose=0, extra_callbacks=[seen])  # no OSError: the backup is intact
+    trainer.fit(superres.SuperResTask, config, str(out), verbose=0, extra_callbacks=[seen])  # no OSError: the backup is intact
     assert seen.seen == [1, 2]
 
     # A backup damaged after it was written: the one before it is used, with one warning.
     out2 = tmp_path / "run2"
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, config, str(out2), verbose=0, extra_callbacks=[CrashAtEpochEnd(1)])
+        trainer.fit(superres.SuperResTask, config, str(out2), verbose=0, extra_callbacks=[CrashAtEpochEnd(1)])
     state = json.loads((out2 / "backup" / "all" / "state.json").read_text())
     assert state["epoch"] == 2 and state["previous"]["epoch"] == 1
     (out2 / "backup" / "all" / state["weights"]).write_bytes(b"garbage")
     capsys.readouterr()
     seen = EpochsSeen()
-    train.fit(superres, config, str(out2), verbose=0, extra_callbacks=[seen])
+    trainer.fit(superres.SuperResTask, config, str(out2), verbose=0, extra_callbacks=[seen])
     printed = capsys.readouterr().out
     assert "warning: backup" in printed and "is unreadable" in printed
     assert seen.seen == [1, 2]
@@ -163,8 +163,8 @@ class ExplodeAtEpoch(keras.callbacks.Callback):
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_state(folders, tmp_path):
     out = tmp_path / "run"
     config = tiny_config(folders, epochs=3, **{"optimizer.schedule": "constant", "steps_per_epoch": 12})
-    with pytest.raises(train.TrainingDiverged, match=r"training diverged in epoch 2 .*last.keras \(epoch 1\)"):
-        train.fit(superres, config, str(out), verbose=0, extra_callbacks=[ExplodeAtEpoch(1)])
+    with pytest.raises(trainer.TrainingDiverged, match=r"training diverged in epoch 2 .*last.keras \(epoch 1\)"):
+        trainer.fit(superres.SuperResTask, config, str(out), verbose=0, extra_callbacks=[ExplodeAtEpoch(1)])
     assert not (out / "model.keras").exists() and not (out / "summary.json").exists()
     state = json.loads((out / "backup" / "all" / "state.json").read_text())
     assert state["epoch"] == 1  # the backup of the last good epoch is kept
@@ -200,8 +200,7 @@ def test_full_disk_and_read_only_give_one_line(folders, tmp_path, monkeypatch, c
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "model.keras"))
 
-    monkeypatch.setattr(train, "config_lib", type("C", (), {"load": config_lib.load, "to_dict": config_lib.to_dict,
-                                                             "describe": config_lib.describe, "dump": full}))
+    monkeypatch.setattr(config_lib, "dump", full)  # the first file a run writes
     assert train.main(cli_args(folders, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "no space left on the device while writing" in err and "run the same command again" in err
@@ -219,13 +218,13 @@ def test_stale_temporaries_are_removed_on_the_next_start(folders, tmp_path):
     (out / "checkpoints").mkdir(parents=True)
     dead = out / "checkpoints" / ".tmp-999999999-last.keras"  # no process has this id
     dead.write_bytes(b"half")
-    train.fit(superres, tiny_config(folders), str(out), verbose=0)
+    trainer.fit(superres.SuperResTask, tiny_config(folders), str(out), verbose=0)
     assert not dead.exists()
 
 
 def test_warmup_is_clamped_to_a_quarter_of_the_steps(capsys):
     config = config_lib.load(superres.SuperResConfig, None, ["optimizer.warmup_steps=100", "optimizer.learning_rate=1e-3"])
-    optimizer = train.build_optimizer(config, total_steps=90)
+    optimizer = trainer.build_optimizer(config, total_steps=90)
     assert "warmup_steps=100 is more than a quarter of the 90 planned steps; warming up over 22 steps" in (
         capsys.readouterr().out)
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate

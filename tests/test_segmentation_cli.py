@@ -21,14 +21,15 @@ SAMPLE_PATH = Path(SAMPLE)
 def test_short_training_on_camvid_frames_lowers_the_loss():
     # The embedded sample is 12 real CamVid frames (+ 4 validation frames) with their labels.
     config = config_lib.load(segmentation.SegmentationConfig, None, ["data.image_size=64,96", "data.batch_size=4"])
-    data = segmentation.build_data(config)
-    images, masks = next(iter(data["train"]))
+    task = segmentation.SegmentationTask(config)
+    data = task.build_data()
+    images, masks = next(iter(data.train))
     images, masks = np.asarray(images), np.asarray(masks)
     assert images.shape == (4, 64, 96, 3) and masks.max() <= 11
     model = UNet(num_classes=11, backbone=tiny_backbone(), max_filters=16)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=segmentation.build_loss(config))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=task.build_loss())
     before = model.evaluate(images, masks, verbose=0)
-    model.fit(data["train"], epochs=4, verbose=0, shuffle=False)
+    model.fit(data.train, epochs=4, verbose=0, shuffle=False)
     assert model.evaluate(images, masks, verbose=0) < before
 
 

@@ -122,14 +122,14 @@ def test_freeze_plan_by_layer_prefix():
 
     model = UNet(num_classes=3, backbone=tiny_backbone(), max_filters=8)
     config = config_lib.load(segmentation.SegmentationConfig, None, ["freeze_backbone_epochs=2"])
-    assert segmentation.freeze_plan(model, config, []) == (["backbone"], 2)
+    assert segmentation.SegmentationTask(config).freeze_plan(model, []) == (["backbone"], 2)
     config = config_lib.load(segmentation.SegmentationConfig, None,
                              ["freeze_backbone_epochs=1", "freeze_layers=backbone,middle_"])
-    names, epochs = segmentation.freeze_plan(model, config, [])
+    names, epochs = segmentation.SegmentationTask(config).freeze_plan(model, [])
     assert names[0] == "backbone" and {"middle_1_conv", "middle_2_bn"} <= set(names) and epochs == 1
     config = config_lib.load(segmentation.SegmentationConfig, None, ["freeze_backbone_epochs=1", "freeze_layers=nope"])
     with pytest.raises(ConfigError, match="freeze_layers"):
-        segmentation.freeze_plan(model, config, [])
+        segmentation.SegmentationTask(config).freeze_plan(model, [])
 
 
 def numpy_lesson_unet_block(x, skip, transpose_kernel, transpose_bias, skip_kernel, skip_bias, gamma, beta, mean,
@@ -225,3 +225,27 @@ def test_unet_blur_smooths_every_upsampling(decoder, rng):
     reference = (padded[:, :-1, :-1] + padded[:, 1:, :-1] + padded[:, :-1, 1:] + padded[:, 1:, 1:]) / 4
     np.testing.assert_allclose(ops.convert_to_numpy(after), reference, rtol=1e-5, atol=1e-6)
     assert ops.convert_to_numpy(model(x)).shape == (1, 40, 36, 3)
+
+
+def test_task_builds_each_architecture_and_decoder():
+    from kx_vision import config as config_lib
+    from kx_vision.errors import ConfigError
+    from kx_vision.models import FPN
+    from kx_vision.tasks import segmentation, superres
+
+    def build(*assignments):
+        config = config_lib.load(segmentation.SegmentationConfig, None, [
+            "model.backbone=simple", "model.max_filters=8", "num_classes=3", "ignore_class=null", *assignments])
+        task = segmentation.SegmentationTask(config)
+        task.check_config()
+        return task.build_model()
+
+    assert isinstance(build("model.architecture=fpn"), FPN)
+    lesson = build("model.decoder=lesson").get_config()
+    assert lesson["decoder"] == "lesson" and lesson["upsampling"] == "transpose"  # the lesson's own upsampling
+    fastai = build("model.blur=true").get_config()
+    assert fastai["decoder"] == "fastai" and fastai["upsampling"] == "pixel_shuffle" and fastai["blur"] is True
+    with pytest.raises(ConfigError, match="must be even with model.decoder=lesson"):
+        build("model.decoder=lesson", "model.max_filters=7")
+    edsr = superres.SuperResTask(config_lib.load(superres.SuperResConfig, None, ["model.blur=true"])).build_model()
+    assert edsr.get_config()["blur"] is True

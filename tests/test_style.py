@@ -113,19 +113,19 @@ def test_style_config_keys_reach_the_loss(tmp_path, rng):
     Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(path)
     config = config_lib.load(style_task.StyleConfig, None, [f"style_image={path}", "loss.vgg_weights=null",
                                                             "loss.style_size=32"])
-    loss = style_task.build_loss(config)  # the lesson's choice by default
+    loss = style_task.StyleTask(config).build_loss()  # the lesson's choice by default
     assert loss.content_layers == LESSON_CONTENT_LAYERS and loss.style_layers == LESSON_STYLE_LAYERS
     assert loss.style_layer_weights == LESSON_STYLE_LAYER_WEIGHTS
     config = config_lib.load(style_task.StyleConfig, None, [
         f"style_image={path}", "loss.vgg_weights=null", "loss.style_size=32", "loss.content_layers=block2_conv2",
         "loss.style_layers=block1_conv2,block2_conv2", "loss.style_layer_weights=1,3", "loss.tv_weight=0.5"])
-    loss = style_task.build_loss(config)
+    loss = style_task.StyleTask(config).build_loss()
     assert loss.content_layers == ("block2_conv2",) and loss.style_layer_weights == (1.0, 3.0) and loss.tv_weight == 0.5
     for bad, message in (("loss.style_layers=block9_conv1", "must list VGG16 layers"),
                          ("loss.style_layer_weights=1,2,3", "one weight per style layer")):
         config = config_lib.load(style_task.StyleConfig, None, [f"style_image={path}", bad])
         with pytest.raises(ConfigError, match=message):
-            style_task.check_config(config)
+            style_task.StyleTask(config).check_config()
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason=(
@@ -149,3 +149,14 @@ def test_train_and_predict_style_cli(tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "out" / "photo_styled.png")).shape == (45, 61, 3)
     assert train.main(["style", "--output", str(tmp_path / "r2")]) == 2
     assert "'style_image' is required" in capsys.readouterr().err
+
+
+def test_task_defaults_are_the_losses_lesson_constants():
+    from kx_vision import losses
+    from kx_vision.tasks import style as style_task
+
+    # The task repeats them so that its config needs no Keras: they must agree.
+    assert style_task.LESSON_CONTENT_LAYERS == losses.LESSON_CONTENT_LAYERS
+    assert style_task.LESSON_STYLE_LAYERS == losses.LESSON_STYLE_LAYERS
+    assert style_task.LESSON_STYLE_LAYER_WEIGHTS == losses.LESSON_STYLE_LAYER_WEIGHTS
+    assert set(style_task.LESSON_STYLE_LAYERS) <= set(losses.VGG16_LAYERS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kx_vision import config as config_lib
-from kx_vision import train
+from kx_vision import trainer
 from kx_vision.callbacks import TimeBudget
 from kx_vision.tasks import superres
 
@@ -126,14 +126,14 @@ def test_time_schedules():
     def config(**optimizer):
         return config_lib.load(superres.SuperResConfig, None, [f"optimizer.{k}={v}" for k, v in optimizer.items()])
 
-    cosine = train.time_schedule(config(learning_rate=1e-3, warmup_steps=10))
+    cosine = trainer.time_schedule(config(learning_rate=1e-3, warmup_steps=10))
     assert cosine(0.0, 5) == pytest.approx(5e-4)  # linear warm-up by steps
     assert cosine(0.0, 10) == pytest.approx(1e-3)
     assert cosine(0.5, 100) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert cosine(1.0, 10_000) == pytest.approx(1e-5)  # keras CosineDecay's alpha=0.01
-    constant = train.time_schedule(config(schedule="constant", learning_rate=3e-4))
+    constant = trainer.time_schedule(config(schedule="constant", learning_rate=3e-4))
     assert constant(0.7, 3) == 3e-4
-    cycle = train.time_schedule(config(schedule="one_cycle", learning_rate=1e-3, pct_start=0.25))
+    cycle = trainer.time_schedule(config(schedule="one_cycle", learning_rate=1e-3, pct_start=0.25))
     assert cycle(0.0, 0) == pytest.approx(1e-3 / 25)
     assert cycle(0.25, 0) == pytest.approx(1e-3)
     assert cycle(1.0, 0) == pytest.approx(1e-3 / 25e4, abs=1e-9)  # float32 cosine
@@ -146,7 +146,7 @@ def test_train_superres_for_a_time_budget(folders, tmp_path):
         "data.batch_size=4", "model.num_blocks=1", "model.num_filters=8", "epochs=1000", "steps_per_epoch=5",
         "time_budget=1.5", "data.pipeline=numpy",
     ])
-    _, summary = train.fit(superres, config, str(tmp_path / "run"), verbose=0)
+    _, summary = trainer.fit(superres.SuperResTask, config, str(tmp_path / "run"), verbose=0)
     assert summary["time_budget_seconds"] == 1.5
     assert 1.5 <= summary["train_seconds"] < 1.5 + 1.0
     assert summary["train_steps"] > 1 and summary["startup_seconds"] > 0

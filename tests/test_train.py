@@ -8,7 +8,7 @@ from PIL import Image
 from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
 from kx_vision import config as config_lib
-from kx_vision import train
+from kx_vision import train, trainer
 from kx_vision.tasks import superres
 
 pytest.importorskip("tensorflow")  # the tf.data pipeline
@@ -31,11 +31,11 @@ def tiny_config(folders, **extra):
 
 def test_one_training_step_lowers_the_loss(folders):
     config = tiny_config(folders)
-    train_data = superres.build_data(config)["train"]
-    lr, hr = next(iter(train_data))
+    task = superres.SuperResTask(config)
+    lr, hr = next(iter(task.build_data().train))
     lr, hr = np.asarray(lr), np.asarray(hr)
-    model = superres.build_model(config)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=superres.build_loss(config))
+    model = task.build_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=task.build_loss())
     before = model.evaluate(lr, hr, verbose=0)
     model.train_on_batch(lr, hr)
     after = model.evaluate(lr, hr, verbose=0)
@@ -44,10 +44,10 @@ def test_one_training_step_lowers_the_loss(folders):
 
 def test_perceptual_loss_training_step_lowers_the_loss(folders):
     config = tiny_config(folders, **{"loss.name": "perceptual", "loss.vgg_weights": "null"})
-    train_data = superres.build_data(config)["train"]
-    lr, hr = (np.asarray(t) for t in next(iter(train_data)))
-    model = superres.build_model(config)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=superres.build_loss(config))
+    task = superres.SuperResTask(config)
+    lr, hr = (np.asarray(t) for t in next(iter(task.build_data().train)))
+    model = task.build_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=task.build_loss())
     before = model.evaluate(lr, hr, verbose=0)
     for _ in range(3):
         model.train_on_batch(lr, hr)
@@ -78,18 +78,18 @@ def test_interrupted_run_resumes_from_last_epoch(folders, tmp_path):
     config = tiny_config(folders, epochs=3)
     out = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, config, out, verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
+        trainer.fit(superres.SuperResTask, config, out, verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
     assert os.listdir(os.path.join(out, "backup"))
     epochs = EpochsSeen()
-    train.fit(superres, config, out, verbose=0, extra_callbacks=[epochs])
+    trainer.fit(superres.SuperResTask, config, out, verbose=0, extra_callbacks=[epochs])
     assert epochs.seen == [1, 2]  # epoch 0 was not trained again
     # A different config is refused rather than mixed into the interrupted run.
     with pytest.raises(KeyboardInterrupt):
-        train.fit(superres, config, str(tmp_path / "run2"), verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
+        trainer.fit(superres.SuperResTask, config, str(tmp_path / "run2"), verbose=0, extra_callbacks=[CrashAfterFirstEpoch()])
     from kx_vision.errors import ConfigError
 
     with pytest.raises(ConfigError, match="different config"):
-        train.fit(superres, tiny_config(folders, epochs=4), str(tmp_path / "run2"), verbose=0)
+        trainer.fit(superres.SuperResTask, tiny_config(folders, epochs=4), str(tmp_path / "run2"), verbose=0)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_mixed_precision_training(folders, tmp_path, precision):
             seen["output"] = self.model.output.dtype
             seen["optimizer"] = type(self.model.optimizer).__name__
 
-    model, summary = train.fit(superres, config, str(tmp_path / "run"), verbose=0, extra_callbacks=[Inspect()])
+    model, summary = trainer.fit(superres.SuperResTask, config, str(tmp_path / "run"), verbose=0, extra_callbacks=[Inspect()])
     assert seen["compute"] == precision.split("_")[1] and seen["variable"] == "float32"
     assert seen["output"] == "float32"  # losses and metrics see float32
     assert seen["optimizer"] == ("LossScaleOptimizer" if precision == "mixed_float16" else "Adam")
@@ -145,8 +145,8 @@ def test_skip_small_drops_images_under_the_patch(folders, tmp_path):
     from kx_vision.errors import DataError
 
     with pytest.raises(DataError, match="tiny.png is 20x20, smaller than the 32x32 patch"):
-        superres.build_data(tiny_config(folders, **{"data.patch_size": 32}))
+        superres.SuperResTask(tiny_config(folders, **{"data.patch_size": 32})).build_data()
     with pytest.warns(UserWarning, match="skipped 1 of 4 training images"):
-        data = superres.build_data(tiny_config(folders, **{"data.patch_size": 32, "data.skip_small": "true"}))
-    lr, hr = next(iter(data["train"]))
+        data = superres.SuperResTask(tiny_config(folders, **{"data.patch_size": 32, "data.skip_small": "true"})).build_data()
+    lr, hr = next(iter(data.train))
     assert tuple(hr.shape[1:3]) == (32, 32)

@@ -14,32 +14,8 @@ import math
 import keras
 import numpy as np
 
-from kx_vision.data import transforms
-
-PIPELINES = ("auto", "tf_data", "numpy")
-
-
-def resolve_pipeline(name, key="data.pipeline"):
-    """"auto" is tf.data where TensorFlow is installed, else the NumPy `PyDataset`s of this module."""
-    import importlib.util
-
-    from kx_vision.errors import ConfigError
-
-    if name not in PIPELINES:
-        raise ConfigError(f"config key '{key}': unknown pipeline {name!r}; pipelines: {', '.join(PIPELINES)}")
-    has_tf = importlib.util.find_spec("tensorflow") is not None
-    if name == "tf_data" and not has_tf:
-        raise ConfigError(f"config key '{key}' is tf_data but TensorFlow is not installed; use numpy (or auto)")
-    if name == "auto":
-        return "tf_data" if has_tf else "numpy"
-    return name
-
-
-def default_workers():
-    """Threads preparing batches: enough to keep an accelerator fed, within this machine's cores."""
-    import os
-
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+# PIPELINES, default_workers, resolve_pipeline: re-exported (they live in `kx_vision.data`, importable without Keras).
+from kx_vision.data import PIPELINES, default_workers, resolve_pipeline, transforms  # noqa: F401
 
 
 def dihedral_numpy(image, k):

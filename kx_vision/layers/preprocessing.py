@@ -3,8 +3,9 @@
 import keras
 from keras import ops
 
+from kx_vision.image_ops import to_caffe
+
 _MODES = ("none", "caffe", "tf", "torch", "raw255")
-_IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 _IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
 
@@ -28,7 +29,7 @@ class ImagePreprocessing(keras.layers.Layer):
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "caffe":
-            return ops.flip(x, axis=-1) * 255.0 - ops.convert_to_tensor(_IMAGENET_BGR_MEAN, x.dtype)
+            return to_caffe(x, x.dtype)
         if self.mode == "tf":
             return x * 2.0 - 1.0
         if self.mode == "torch":

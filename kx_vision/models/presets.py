@@ -194,7 +194,7 @@ def save(model, directory, dtype="float32", card=None, overwrite=False):
     "results": {"Set5": {"psnr": ..., "ssim": ...}, ...}}` (`default_card(name)` for a known preset's
     command and data); it goes into metadata.json and README.md.
     """
-    import kx_vision
+    from kx_vision.version import __version__
 
     if dtype not in WEIGHT_DTYPES:
         raise KxVisionError(f"preset weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
@@ -216,7 +216,7 @@ def save(model, directory, dtype="float32", card=None, overwrite=False):
         config.pop(key, None)
     metadata = {
         "class_name": type(model).__name__,
-        "kx_vision_version": kx_vision.__version__,
+        "kx_vision_version": __version__,
         "keras_version": keras.version(),
         "backend": keras.backend.backend(),
         "parameter_count": int(model.count_params()),

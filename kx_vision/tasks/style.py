@@ -1,24 +1,19 @@
-"""Fast neural style transfer task (Johnson et al. 2016): config, network, perceptual style loss, data."""
+"""Fast neural style transfer (Johnson et al. 2016; the lesson's style-transfer-net): config, network,
+perceptual style loss, data and report."""
 
 import dataclasses
 import os
 
-import numpy as np
-
-from kx_vision import config as config_lib
 from kx_vision.config import option
+from kx_vision.data import SAMPLE_DIR
 from kx_vision.errors import ConfigError
-from kx_vision.losses import LESSON_CONTENT_LAYERS, LESSON_STYLE_LAYER_WEIGHTS, LESSON_STYLE_LAYERS, VGG16_LAYERS
-from kx_vision.tasks.common import (
-    OptimizerConfig,
-    distribute_option,
-    pipeline_option,
-    precision_option,
-    seed_option,
-    time_budget_option,
-)
+from kx_vision.tasks.base import DataBundle, Task, TrainConfig, pipeline_option
 
-SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample")
+# The lesson's choice (kx_vision.losses.LESSON_*, repeated here so that the config needs no Keras; a test
+# checks they agree): style from the last conv of VGG blocks 2-5, content from the third of them.
+LESSON_CONTENT_LAYERS = ("block4_conv3",)
+LESSON_STYLE_LAYERS = ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
+LESSON_STYLE_LAYER_WEIGHTS = (0.025, 0.275, 5.0, 0.2)
 
 
 @dataclasses.dataclass
@@ -54,111 +49,104 @@ class LossConfig:
     style_size: int = option(256, "the style image is resized so its short side is this", min=16)
 
 
+
 @dataclasses.dataclass
-class StyleConfig:
-    style_image: str | None = option(None, "the style image (required), e.g. ../shared/data/style/starry_night.jpg")
+class StyleConfig(TrainConfig):
     epochs: int = option(4, "training epochs", min=1)
-    time_budget: float | None = time_budget_option()
+    style_image: str | None = option(None, "the style image (required), e.g. ../shared/data/style/starry_night.jpg")
     steps_per_epoch: int = option(100, "steps per epoch", min=1)
-    seed: int = seed_option()
-    jit_compile: bool | None = option(None, "XLA-compile the train step (null: Keras's 'auto')")
-    distribute: str = distribute_option()
-    precision: str = precision_option()
-    init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+
+
+class StyleTask(Task):
+    """Fast style transfer: a feed-forward network trained to paint content images in one style."""
+
+    name = "style"
+    Config = StyleConfig
+    monitor = ("val_loss", "min")
+
+    def check_config(self):
+        from kx_vision.losses import VGG16_LAYERS
+        from kx_vision.models import StyleTransferNet
+
+        super().check_config()
+        config = self.config
+        if not config.loss.content_weight and not config.loss.style_weight and not config.loss.tv_weight:
+            raise ConfigError("config keys 'loss.content_weight', 'loss.style_weight' and 'loss.tv_weight' are all "
+                              "0: the loss would be 0")
+        if not config.style_image:
+            raise ConfigError("config key 'style_image' is required: --set style_image=PATH (paintings to try: "
+                              "../shared/data/style)")
+        if not os.path.isfile(config.style_image):
+            raise ConfigError(f"style image not found: {config.style_image}")
+        for key in ("content_layers", "style_layers"):
+            unknown = [name for name in getattr(config.loss, key) if name not in VGG16_LAYERS]
+            if unknown or not getattr(config.loss, key):
+                raise ConfigError(f"config key 'loss.{key}' must list VGG16 layers ({', '.join(VGG16_LAYERS)}), "
+                                  f"got {getattr(config.loss, key)}")
+        weights = config.loss.style_layer_weights
+        if weights and len(weights) != len(config.loss.style_layers):
+            raise ConfigError(f"config key 'loss.style_layer_weights' needs one weight per style layer "
+                              f"({len(config.loss.style_layers)}), got {len(weights)}")
+        minimum = StyleTransferNet.min_size(config.model.num_blocks)
+        if config.data.crop_size < minimum:
+            raise ConfigError(f"config key 'data.crop_size' must be at least {minimum}")
+
+    def build_model(self):
+        from kx_vision.models import StyleTransferNet
+
+        model = self.config.model
+        return StyleTransferNet(model.num_filters, model.num_blocks, model.norm, model.upsampling)
+
+    def build_loss(self):
+        """The style loss (its VGG16 and the style image's Gram matrices, built once per task: see `Task.loss`)."""
+        from kx_vision.losses import StyleTransferLoss
+
+        config, loss = self.config, self.config.loss
+        return StyleTransferLoss(config.style_image, style_size=loss.style_size, weights=loss.vgg_weights,
+                                 content_layers=loss.content_layers, style_layers=loss.style_layers,
+                                 style_layer_weights=loss.style_layer_weights or None,
+                                 content_weight=loss.content_weight, style_weight=loss.style_weight,
+                                 tv_weight=loss.tv_weight)
+
+    def build_metrics(self):
+        """Each part of the loss, shown during training (the lesson's `sum_layers=False`)."""
+        from kx_vision.metrics import StyleLossPart
+
+        parts = ["content", "style"] + (["tv"] if self.config.loss.tv_weight else [])
+        return [StyleLossPart(self.loss, part) for part in parts]
+
+    def build_data(self):
+        from kx_vision.data import arrays, resolve_pipeline
+        from kx_vision.data import superres as sr_data
+
+        config = self.config
+        size = config.data.crop_size
+        content = sr_data.load_folders(config.data.content, what="content image")
+        val_images = sr_data.load_folders(config.data.val, what="validation content image")
+        if resolve_pipeline(config.data.pipeline) == "numpy":
+            train = arrays.ContentCrops(content, size, config.data.batch_size, config.steps_per_epoch,
+                                        seed=config.seed, workers=arrays.default_workers())
+            val = arrays.ContentCrops(val_images, size, config.data.batch_size, 2, seed=config.seed + 1)
+            return DataBundle(train, val, config.steps_per_epoch, endless=False)
+        train = sr_data.content_dataset(content, size, config.data.batch_size, seed=config.seed)
+        val = sr_data.content_dataset(val_images, size, config.data.batch_size, seed=config.seed + 1).take(2)
+        return DataBundle(train, val, config.steps_per_epoch, endless=True)
+
+    def report(self, model, data):
+        import numpy as np
+
+        totals = {"content": [], "style": [], "tv": []}
+        for x, _ in data.val:
+            parts = self.loss.parts(x, model.predict_on_batch(np.asarray(x)))
+            for key, value in parts.items():
+                totals[key].append(float(np.mean(np.asarray(value))))
+        summary = {k: float(np.mean(v)) for k, v in totals.items()}
+        return (f"validation loss parts: content {summary['content']:.4g}, style {summary['style']:.4g}, "
+                f"tv {summary['tv']:.4g}"), summary
 
 
 Config = StyleConfig
-MONITOR = ("val_loss", "min")
-
-
-def check_config(config):
-    from kx_vision.models import StyleTransferNet
-
-    config_lib.validate(config)
-    if not config.loss.content_weight and not config.loss.style_weight and not config.loss.tv_weight:
-        raise ConfigError("config keys 'loss.content_weight', 'loss.style_weight' and 'loss.tv_weight' are all 0: "
-                          "the loss would be 0")
-    if not config.style_image:
-        raise ConfigError("config key 'style_image' is required: --set style_image=PATH (paintings to try: ../shared/data/style)")
-    if not os.path.isfile(config.style_image):
-        raise ConfigError(f"style image not found: {config.style_image}")
-    for key in ("content_layers", "style_layers"):
-        unknown = [name for name in getattr(config.loss, key) if name not in VGG16_LAYERS]
-        if unknown or not getattr(config.loss, key):
-            raise ConfigError(f"config key 'loss.{key}' must list VGG16 layers ({', '.join(VGG16_LAYERS)}), "
-                              f"got {getattr(config.loss, key)}")
-    weights = config.loss.style_layer_weights
-    if weights and len(weights) != len(config.loss.style_layers):
-        raise ConfigError(f"config key 'loss.style_layer_weights' needs one weight per style layer "
-                          f"({len(config.loss.style_layers)}), got {len(weights)}")
-    if config.data.crop_size < StyleTransferNet.min_size(config.model.num_blocks):
-        raise ConfigError(f"config key 'data.crop_size' must be at least {StyleTransferNet.min_size(config.model.num_blocks)}")
-
-
-def build_model(config):
-    from kx_vision.models import StyleTransferNet
-
-    return StyleTransferNet(config.model.num_filters, config.model.num_blocks, config.model.norm, config.model.upsampling)
-
-
-_LOSSES = {}
-
-
-def build_loss(config):
-    """One loss per config (its VGG16 and style Gram matrices are built once)."""
-    from kx_vision.losses import StyleTransferLoss
-
-    key = id(config)
-    if key not in _LOSSES:
-        loss = config.loss
-        _LOSSES[key] = StyleTransferLoss(config.style_image, style_size=loss.style_size, weights=loss.vgg_weights,
-                                         content_layers=loss.content_layers, style_layers=loss.style_layers,
-                                         style_layer_weights=loss.style_layer_weights or None,
-                                         content_weight=loss.content_weight, style_weight=loss.style_weight,
-                                         tv_weight=loss.tv_weight)
-    return _LOSSES[key]
-
-
-def build_metrics(config):
-    from kx_vision.metrics import StyleLossPart
-
-    loss = build_loss(config)
-    return [StyleLossPart(loss, "content"), StyleLossPart(loss, "style")] + (
-        [StyleLossPart(loss, "tv")] if config.loss.tv_weight else [])
-
-
-def freeze_plan(model, config, transferred):
-    return [], 0
-
-
-def build_data(config):
-    from kx_vision.data import arrays
-    from kx_vision.data import superres as sr_data
-
-    size = config.data.crop_size
-    content = sr_data.load_folders(config.data.content, what="content image")
-    val_images = sr_data.load_folders(config.data.val, what="validation content image")
-    if arrays.resolve_pipeline(config.data.pipeline) == "numpy":
-        train = arrays.ContentCrops(content, size, config.data.batch_size, config.steps_per_epoch, seed=config.seed,
-                                    workers=arrays.default_workers())
-        val = arrays.ContentCrops(val_images, size, config.data.batch_size, 2, seed=config.seed + 1)
-        return {"train": train, "val": val, "steps_per_epoch": config.steps_per_epoch, "endless": False}
-    train = sr_data.content_dataset(content, size, config.data.batch_size, seed=config.seed)
-    val = sr_data.content_dataset(val_images, size, config.data.batch_size, seed=config.seed + 1).take(2)
-    return {"train": train, "val": val, "steps_per_epoch": config.steps_per_epoch, "endless": True}
-
-
-def report(model, data, config):
-    loss = build_loss(config)
-    totals = {"content": [], "style": [], "tv": []}
-    for x, _ in data["val"]:
-        parts = loss.parts(x, model.predict_on_batch(np.asarray(x)))
-        for key, value in parts.items():
-            totals[key].append(float(np.mean(np.asarray(value))))
-    summary = {k: float(np.mean(v)) for k, v in totals.items()}
-    return (f"validation loss parts: content {summary['content']:.4g}, style {summary['style']:.4g}, "
-            f"tv {summary['tv']:.4g}"), summary
+Task = StyleTask

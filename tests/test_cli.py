@@ -1,0 +1,56 @@
+"""The one console script, `kx-vision COMMAND`, and the shared error handler."""
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from kx_vision import cli
+
+
+def test_kx_vision_lists_its_commands(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert all(f"  {name}" in out for name in ("train", "evaluate", "predict", "export", "prepare"))
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_kx_vision_dispatches_to_the_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "superres", "--help"])
+    assert info.value.code == 0
+    assert "data.patch_size" in capsys.readouterr().out  # train's help, with the task's config keys
+    assert cli.main(["train", "superres", "--set", "data.patch_sise=8"]) == 2
+    assert "unknown config key 'data.patch_sise' (did you mean 'data.patch_size'?)" in capsys.readouterr().err
+
+
+def test_one_error_handler_for_every_command(capsys):
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/model.keras")
+
+    assert cli.run(full) == 2
+    assert capsys.readouterr().err.startswith("error: no space left on the device while writing /runs/x/model.keras")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert cli.run(interrupted, interrupted="stopped") == 130
+
+    def other():
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError):  # not something a user can act on: the traceback is kept
+        cli.run(other)
+
+
+@pytest.mark.skipif(shutil.which("kx-vision") is None, reason="the kx-vision console script is installed by "
+                    "`pip install -e .` (it is, in CI)")
+def test_installed_console_script_runs_a_command():
+    env = dict(os.environ, PYTHONPATH="")
+    result = subprocess.run(["kx-vision", "train", "superres", "--help"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0 and "loss.name" in result.stdout
