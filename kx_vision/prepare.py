@@ -483,9 +483,12 @@ def _pool(workers, count):
     workers = min(workers, count)
     if workers <= 1:
         return None
-    # fork: a spawned worker would import the kx_vision package afresh, and with it Keras.
+    # fork: a spawned worker would import the kx_vision package afresh, and with it Keras. But forking a
+    # process that runs JAX's or TensorFlow's threads (prepare called from Python, a notebook, a test) can
+    # deadlock the child: spawn there.
+    threaded = any(name in sys.modules for name in ("jax", "tensorflow", "torch"))
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context("fork" if "fork" in methods and not threaded else "spawn")
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
 
 
