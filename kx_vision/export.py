@@ -28,6 +28,7 @@ import shutil
 import sys
 import warnings
 
+from kx_vision import cli
 from kx_vision.errors import KxVisionError
 
 FORMATS = ("tf_saved_model",)
@@ -277,22 +278,23 @@ def main(argv=None):
                              "the model's output as it is; auto: image for EDSR and StyleTransferNet, raw for "
                              "segmentation models and any other (default: %(default)s)")
     parser.add_argument("--no-uint8-endpoint", action="store_true", help="export only the float `serve` endpoint")
+    cli.add_verbose_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        out_dir = os.path.abspath(args.out_dir)
-        for line in clean_stale_temporaries(os.path.dirname(out_dir)):
-            print(line, file=sys.stderr)
-        # Refuse a bad output folder before the (slow) model loading.
-        check_output_folder(out_dir, force=args.force, source=args.model)
+    return cli.run(lambda: _command(args))
 
-        from kx_vision.models.loading import load_model
 
-        model = load_model(args.model)
-        path = export_model(model, out_dir, force=args.force, format=args.format,
-                            uint8_endpoint=not args.no_uint8_endpoint, outputs=args.outputs, source=args.model)
-    except KxVisionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _command(args):
+    out_dir = os.path.abspath(args.out_dir)
+    for line in clean_stale_temporaries(os.path.dirname(out_dir)):
+        print(line, file=sys.stderr)
+    # Refuse a bad output folder before the (slow) model loading.
+    check_output_folder(out_dir, force=args.force, source=args.model)
+
+    from kx_vision.models.loading import load_model
+
+    model = load_model(args.model)
+    path = export_model(model, out_dir, force=args.force, format=args.format,
+                        uint8_endpoint=not args.no_uint8_endpoint, outputs=args.outputs, source=args.model)
     print(f"exported {args.model} to {path} (endpoints: serve{'' if args.no_uint8_endpoint else ', serve_uint8'})")
     return 0
 
