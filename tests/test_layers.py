@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from testing import run_layer_test, run_model_saving_test, run_serialization_test
 
 from kx_vision.layers import (
     ICNR,
@@ -79,22 +80,19 @@ def test_residual_block_matches_manual(rng):
 )
 def test_layer_config_and_keras_round_trip(tmp_path, rng, layer):
     layer = layer()
-    clone = type(layer).from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    inputs = keras.Input((None, None, 18 if isinstance(layer, PixelShuffle) else 6))
+    channels = 18 if isinstance(layer, PixelShuffle) else 6
+    x = rng.normal(size=(1, 5, 7, channels)).astype("float32")
+    run_layer_test(layer, x)  # eager and symbolic shapes, config round trip, registration
+    inputs = keras.Input((None, None, channels))
     model = keras.Model(inputs, layer(inputs))
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)  # no custom_objects: the layers are registered
-    x = rng.normal(size=(1, 5, 7, inputs.shape[-1])).astype("float32")
-    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-6)
+    run_model_saving_test(model, x, tmp_path)  # no custom_objects: the layers are registered
 
 
 def test_icnr_serializes():
     init = ICNR(3, initializer="glorot_uniform")
+    assert run_serialization_test(init).scale == 3
     restored = keras.initializers.deserialize(keras.initializers.serialize(init))
-    assert isinstance(restored, ICNR) and restored.scale == 3
-    assert restored.get_config() == init.get_config()
+    assert isinstance(restored, ICNR) and restored.get_config() == init.get_config()
 
 
 @pytest.mark.parametrize("size,before,after", [(5, 2, 3), (7, 0, 6), (4, 3, 0), (9, 8, 8)])

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from testing import run_model_saving_test, run_serialization_test
 
 from kx_vision.models import EDSR
 
@@ -50,13 +51,8 @@ def test_edsr_config_and_keras_round_trip(tmp_path, rng):
     model = EDSR(scale=3, num_blocks=2, num_filters=8, residual_scale=0.2, rgb_mean=None)
     config = model.get_config()
     assert config["scale"] == 3 and config["residual_scale"] == 0.2 and config["rgb_mean"] is None
-    assert EDSR.from_config(config).get_config() == config
-    path = tmp_path / "edsr.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, EDSR)
-    x = rng.random((1, 6, 9, 3)).astype("float32")
-    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-6)
+    run_serialization_test(model)
+    run_model_saving_test(model, rng.random((1, 6, 9, 3)).astype("float32"), tmp_path)
 
 
 def test_edsr_starts_close_to_nearest_neighbour_upsampling():

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 from seg_helpers import symbolic, tiny_backbone
+from testing import run_model_saving_test
 
 from kx_vision.backbones import build_backbone, find_skip_layers
 from kx_vision.models import UNet, UpsampleHeadNet
@@ -51,12 +52,9 @@ def test_unet_forward_odd_size_and_probabilities(upsampling, rng):
 def test_unet_keras_round_trip_without_custom_objects(tmp_path, rng):
     model = UNet(num_classes=3, backbone=tiny_backbone(), max_filters=16)
     x = rng.random((1, 33, 35, 3)).astype("float32")
-    model.save(tmp_path / "unet.keras")
-    loaded = keras.saving.load_model(tmp_path / "unet.keras")
+    # The backbone's own serialization may differ in details after a reload.
+    loaded = run_model_saving_test(model, x, tmp_path, atol=1e-5, ignore_keys=("backbone",))
     assert isinstance(loaded, UNet) and loaded.skip_layers == model.skip_layers
-    without_backbone = lambda c: {k: v for k, v in c.items() if k != "backbone"}  # noqa: E731
-    assert without_backbone(loaded.get_config()) == without_backbone(model.get_config())
-    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
 
 
 def test_named_backbone_config_round_trip_never_downloads(monkeypatch):
@@ -73,10 +71,8 @@ def test_upsample_head_net(tmp_path, rng):
     model = UpsampleHeadNet(num_classes=4, backbone=tiny_backbone(), filters=8)
     y = ops.convert_to_numpy(model(rng.random((1, 45, 70, 3)).astype("float32")))
     assert y.shape == (1, 45, 70, 4)
-    model.save(tmp_path / "naive.keras")
-    loaded = keras.saving.load_model(tmp_path / "naive.keras")
     x = rng.random((1, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)), atol=1e-5)
+    run_model_saving_test(model, x, tmp_path, atol=1e-5, ignore_keys=("backbone",))
     with symbolic():
         spec = UpsampleHeadNet(num_classes=12, backbone="resnet50", backbone_weights=None).compute_output_spec(
             keras.KerasTensor((1, 360, 480, 3)))
