@@ -25,8 +25,10 @@ from kx_vision.errors import KxVisionError
 
 def load_hr_images(data, limit=None):
     """`(names, images)`: uint8 RGB arrays from a folder or a `tfds:` dataset."""
-    if data.startswith("tfds:"):
-        return _load_tfds(data[len("tfds:") :], limit)
+    from kx_vision.data import tfds_source
+
+    if tfds_source.is_tfds(data):
+        return tfds_source.load_tfds_images(data, limit, default_split="validation")
     from kx_vision.data.images import list_images, load_images
 
     paths = list_images([p for p in data.split(",") if p])
@@ -34,35 +36,6 @@ def load_hr_images(data, limit=None):
         paths = paths[:limit]
     images, kept = load_images(paths, what="evaluation image")
     return [os.path.basename(p) for p in kept], images
-
-
-def _load_tfds(spec, limit=None):
-    import tensorflow_datasets as tfds
-
-    name, _, split = spec.partition(":")
-    split = split or "validation"
-    try:
-        dataset = tfds.load(name, split=split, shuffle_files=False)
-    except Exception as error:  # noqa: BLE001 - download / missing-data failures become one message
-        raise KxVisionError(
-            f"cannot load tensorflow-datasets set {name!r} (split {split!r}): {error}. "
-            "Offline, prepare it once where there is network (tfds build) and copy ~/tensorflow_datasets."
-        ) from error
-    names, images = [], []
-    for i, example in enumerate(dataset.as_numpy_iterator()):
-        if limit and i >= limit:
-            break
-        key = "hr" if "hr" in example else "image" if "image" in example else None
-        if key is None:
-            raise KxVisionError(f"tfds set {name!r} has no 'hr' or 'image' feature: {sorted(example)}")
-        image = example[key]
-        if image.ndim == 2 or image.shape[-1] == 1:
-            image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
-        names.append(f"{name}:{split}:{i}")
-        images.append(image[..., :3].astype(np.uint8))
-    if not images:
-        raise KxVisionError(f"tfds set {name!r} split {split!r} is empty")
-    return names, images
 
 
 def evaluate(predict, names, images, scale, self_ensemble=False):

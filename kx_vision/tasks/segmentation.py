@@ -7,7 +7,7 @@ import os
 from kx_vision.config import option
 from kx_vision.data import SAMPLE_DIR as _SAMPLES
 from kx_vision.errors import ConfigError
-from kx_vision.tasks.base import DataBundle, Task, TrainConfig
+from kx_vision.tasks.base import DataBundle, Task, TrainConfig, pipeline_option
 
 SAMPLE_DIR = os.path.join(_SAMPLES, "camvid")
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -33,17 +33,32 @@ class ModelConfig:
 @dataclasses.dataclass
 class DataConfig:
     train_images: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "training image folder(s)")
-    train_masks: list[str] = option([os.path.join(SAMPLE_DIR, "trainannot")], "training mask folder(s), one per image folder")
+    train_masks: list[str] = option([os.path.join(SAMPLE_DIR, "trainannot")],
+                                    "training mask folder(s), one per image folder (may be the image folder itself); "
+                                    "a mask is named like its image, or with _mask (Carvana) or _L added")
     val_images: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s) (empty: split from training by group)")
     val_masks: list[str] = option([os.path.join(SAMPLE_DIR, "valannot")], "validation mask folder(s)")
-    val_split: float = option(0.2, "with no validation folders: fraction of training groups (sequences) held out",
+    val_split: float = option(0.2, "with no validation folders: fraction of the training pairs held out, whole groups "
+                              "(the file-name prefix before the first '_': a CamVid sequence, a Carvana car)",
                               above=0, below=1)
     image_size: list[int] = option([96, 128], "height, width the images are resized to (progressive resizing: raise it)",
                                    min=32)
     batch_size: int = option(4, "images per batch", min=1)
-    mask_divisor: int = option(1, "mask values are divided by this (255 for 0/255 binary masks)",
-                               min=1, max=255)
-    augment: bool = option(True, "random crop, flip and photometric jitter")
+    mask_divisor: int = option(1, "mask values are divided by this (255 for 0/255 masks; binary tasks, num_classes=1, "
+                               "read 0/255 masks by themselves)", min=1, max=255)
+    augment: bool = option(True, "random crop, flip, rotation and photometric jitter")
+    rotate_degrees: float = option(10.0, "augmentation: random rotation within +-this many degrees, the same angle for "
+                                   "the image (bilinear) and the mask (nearest); 0: none (fastai's default 10, the "
+                                   "lesson's Carvana 4)", min=0, max=180)
+    pipeline: str = pipeline_option()
+    cache: str = option("auto", "keep the decoded images and masks in memory after their first epoch (always: fastest "
+                        "for small sets), decode them from the files every epoch in worker threads (never: memory "
+                        "does not grow with the number of images), or auto: in memory when the training and "
+                        "validation pairs take at most data.cache_limit_mib decoded (read from the file headers)",
+                        choices=("auto", "always", "never"))
+    cache_limit_mib: float = option(512.0, "data.cache=auto caches the pairs when their decoded size (width x height x "
+                                    "4 bytes a pair: RGB and mask) is at most this many MiB (CamVid's 468 pairs: "
+                                    "309)", min=0)
 
 
 @dataclasses.dataclass
@@ -142,20 +157,40 @@ class SegmentationTask(Task):
         return group_split(train, config.data.val_split, seed=config.seed)
 
     def build_data(self):
-        from kx_vision.data import segmentation as seg_data
-        from kx_vision.data.masks import load_pairs
+        """Pairs listed (`load_split`), their headers checked, then streamed by `kx_vision.data.segmentation`
+        (tf.data) or, without TensorFlow, `kx_vision.data.segmentation_arrays` (`keras.utils.PyDataset`); cached
+        in memory when `data.cache` says so. `extras`: the two `PairReader`s and whether they cache."""
+        from kx_vision.data import default_workers, resolve_pipeline
+        from kx_vision.data.masks import PairReader
 
-        config = self.config
+        config, data = self.config, self.config.data
+        pipeline = resolve_pipeline(data.pipeline)
         train_pairs, val_pairs = self.load_split()
-        args = (config.num_classes, config.ignore_class, config.data.mask_divisor)
-        train_images, train_masks = load_pairs(train_pairs, *args)
-        val_images, val_masks = load_pairs(val_pairs, *args)
-        size = tuple(config.data.image_size)
-        batch = config.data.batch_size
-        train = seg_data.train_dataset(train_images, train_masks, size, batch, seed=config.seed,
-                                       augment=config.data.augment)
-        val = seg_data.validation_dataset(val_images, val_masks, size, batch)
-        return DataBundle(train, val, max(len(train_images) // batch, 1), endless=False)
+        args = (config.num_classes, config.ignore_class, data.mask_divisor)
+        train_reader = PairReader(train_pairs, *args, what="training")
+        val_reader = PairReader(val_pairs, *args, what="validation")
+        cache = data.cache == "always" or (data.cache == "auto" and train_reader.decoded_bytes
+                                            + val_reader.decoded_bytes <= data.cache_limit_mib * 2**20)
+        train_reader.cache = val_reader.cache = bool(cache)
+        train_reader.probe()  # a systematic mistake (every mask out of range) stops here, not mid-epoch
+        val_reader.probe()
+        size, batch = tuple(data.image_size), data.batch_size
+        rotate = data.rotate_degrees if data.augment else 0.0
+        extras = {"train_reader": train_reader, "val_reader": val_reader, "cache": bool(cache)}
+        if pipeline == "numpy":
+            from kx_vision.data.segmentation_arrays import SegmentationBatches
+
+            workers = max(2, default_workers())  # one worker would decode in the training thread
+            train = SegmentationBatches(train_reader, size, batch, seed=config.seed, augment=data.augment,
+                                        rotate_degrees=rotate, workers=workers)
+            val = SegmentationBatches(val_reader, size, batch, training=False, workers=workers)
+            return DataBundle(train, val, len(train), endless=False, extras=extras)
+        from kx_vision.data import segmentation as seg_data
+
+        train = seg_data.train_dataset(train_reader, size, batch, seed=config.seed, augment=data.augment,
+                                       rotate_degrees=rotate)
+        val = seg_data.validation_dataset(val_reader, size, batch)
+        return DataBundle(train, val, max(len(train_pairs) // batch, 1), endless=False, extras=extras)
 
     def report(self, model, data):
         from kx_vision.inference import as_predict_fn
