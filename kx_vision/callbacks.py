@@ -316,3 +316,109 @@ def _wait_for(logs):
     for value in (logs or {}).values():
         keras.ops.convert_to_numpy(value)
         return
+
+
+def take_examples(data, count):
+    """Up to `count` single samples `(inputs, targets)` (NumPy arrays with a batch axis of 1) from the
+    first batches of `data`: a `tf.data.Dataset`, a `keras.utils.PyDataset` or any iterable of
+    `(inputs, targets[, weights])` batches. Batches whose inputs or targets are not arrays (several
+    inputs in a dict) give none. Indexing a kx_vision `PyDataset` draws nothing from a random stream,
+    so taking examples does not change the batches training sees."""
+    import itertools
+
+    import numpy as np
+
+    examples = []
+    if data is None or count <= 0:
+        return examples
+    if isinstance(data, keras.utils.PyDataset):
+        try:
+            indices = range(len(data))
+        except (TypeError, NotImplementedError):  # an endless PyDataset
+            indices = itertools.count()
+        batches = (data[i] for i in indices)
+    else:
+        batches = iter(data)
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            break
+        inputs, targets = (None if isinstance(t, (dict, list, tuple)) else np.asarray(t) for t in batch[:2])
+        if inputs is None or targets is None or inputs.dtype == object or not inputs.ndim:
+            break
+        for k in range(min(len(inputs), len(targets))):
+            examples.append((inputs[k : k + 1], targets[k : k + 1]))
+            if len(examples) == count:
+                return examples
+    return examples
+
+
+class ExampleImages(keras.callbacks.Callback):
+    """After every epoch, a picture of the model's outputs on a few validation samples (fastai's
+    `show_results`, once per epoch): `directory/epoch_NNN.png` (epochs counted from 1), and the same
+    picture as an image in TensorBoard (tag `samples`, step = epoch) in `log_dir`, where given.
+
+    `render(model, examples)` draws it (`Task.render_examples`: a `visualize.Grid`, an image array, or
+    None for nothing). The examples are `take_examples(data, count)`, taken once, at the first `fit`
+    (one callback serves every phase of a run), so every epoch shows the same samples. A picture that
+    cannot be drawn stops the pictures with one warning, never the training; one that cannot be written
+    (a full disk) stops the run, as a checkpoint would.
+    """
+
+    def __init__(self, render, data, count, directory, log_dir=None):
+        super().__init__()
+        self.render, self.data, self.count = render, data, int(count)
+        self.directory, self.log_dir = directory, log_dir
+        self.examples = None
+        self.stopped = False
+        self.written = []  # the PNG files written, in order
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        if self.examples is None:
+            self.examples = take_examples(self.data, self.count)
+            self.data = None  # the samples are all it needs
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kx_vision import visualize
+
+        logs = logs or {}
+        if self.stopped or not self.examples or ("loss" in logs and not _finite(logs["loss"])):
+            return  # nothing of a diverged epoch is kept
+        try:
+            picture = self.render(self.model, self.examples)
+        except Exception as error:  # noqa: BLE001 - a picture never stops a training run
+            self.stopped = True
+            print(f"warning: cannot draw the validation samples ({type(error).__name__}: {error}); "
+                  "training goes on without them")
+            return
+        if picture is None:  # the task draws nothing
+            self.stopped = True
+            return
+        image = visualize.to_uint8(picture.image if isinstance(picture, visualize.Grid) else picture)
+        path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
+        visualize.save_png(image, path)
+        self.written.append(path)
+        if self.log_dir:
+            self._write_tensorboard(image, epoch + 1)
+
+    def _write_tensorboard(self, image, step):
+        """The PNG as a TensorBoard image summary, through TensorBoard's own event writer (no TensorFlow
+        summary ops: it works the same under every backend)."""
+        import time
+
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        from kx_vision import visualize
+
+        if self._writer is None:
+            self._writer = EventFileWriter(self.log_dir)
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="samples", image=summary_pb2.Summary.Image(
+            height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=visualize.png_bytes(image)))])
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

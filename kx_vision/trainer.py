@@ -132,6 +132,7 @@ class Trainer:
         # Data and model first: a start that fails (a missing folder, weights that cannot be loaded)
         # leaves no run folder behind.
         data = self.task.build_data()
+        self.example_data = data.val  # before it is repeated per replica: the samples show each image once
         data.train = dist.train_dataset(data.train)
         data.val = dist.validation_dataset(data.val)
         with dist.scope():
@@ -175,7 +176,7 @@ class Trainer:
     def _create_run_callbacks(self, data):
         """The callbacks that live across phases: checkpoints (with the best value so far, from any
         phase's backup: `best.keras` is only replaced by a better model), divergence guard, time budget."""
-        from kx_vision.callbacks import AtomicModelCheckpoint, DivergenceGuard, TimeBudget
+        from kx_vision.callbacks import AtomicModelCheckpoint, DivergenceGuard, ExampleImages, TimeBudget
 
         config = self.config
         monitor, mode = self.task.monitor
@@ -184,6 +185,11 @@ class Trainer:
         self.checkpoint = AtomicModelCheckpoint(self.checkpoints, monitor=monitor, mode=mode,
                                                 best=newest.get("best"), best_epoch=newest.get("best_epoch"))
         self.guard = DivergenceGuard()
+        self.samples = None  # pictures of validation samples after every epoch (the chief of one worker only)
+        if config.samples and self.dist.is_chief and self.dist.num_workers == 1:
+            self.samples = ExampleImages(self.task.render_examples, self.example_data, config.samples,
+                                         os.path.join(self.output, "samples"),
+                                         log_dir=os.path.join(self.output, "logs", "samples") if _tensorboard() else None)
         self.budget = None
         if config.time_budget is not None:
             self.budget = TimeBudget(config.time_budget, state_path=os.path.join(self.backup, "time_budget.json"))
@@ -238,8 +244,10 @@ class Trainer:
         if dist.is_chief:
             callbacks.append(keras.callbacks.CSVLogger(self.history, append=True))
             # Keras's TensorBoard callback writes through TensorFlow's summary API.
-            if all(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorflow")):
+            if _tensorboard():
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(self.output, "logs")))
+            if self.samples is not None:
+                callbacks.append(self.samples)
         if self.budget is not None:
             callbacks.append(self.budget)  # last: its state file is written after the epoch's checkpoints
         callbacks.extend(self.extra_callbacks)
@@ -298,6 +306,11 @@ class Trainer:
                 os.remove(self.budget.state_path)
         atomic_write_text(os.path.join(output, "summary.json"), json.dumps(summary, indent=2))
         return model, summary
+
+
+def _tensorboard():
+    """Whether TensorBoard logs are written: TensorBoard and TensorFlow (its summary API) are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorflow"))
 
 
 # --- optimizer and schedules ---
@@ -376,7 +389,7 @@ def build_optimizer(config, total_steps, timed=False):
 # --- the run folder ---
 
 # What a run writes into its output folder (`--overwrite` removes these, and nothing else).
-RUN_FILES = ("checkpoints", "backup", "logs", "history.csv", "summary.json", "model.keras", "config.yaml",
+RUN_FILES = ("checkpoints", "backup", "logs", "samples", "history.csv", "summary.json", "model.keras", "config.yaml",
              ".workers")
 
 
@@ -432,8 +445,8 @@ def _prepare_output(output, config, overwrite):
         with open(saved) as f:
             previous = yaml.safe_load(f) or {}
     # The device layout does not change the computation: a run may resume on more or fewer devices;
-    # a finished run may be given more `epochs` to continue it.
-    ignored = ("distribute", "epochs") if status == "finished" else ("distribute",)
+    # a finished run may be given more `epochs` to continue it. Nor do the pictures of `samples`.
+    ignored = ("distribute", "samples") + (("epochs",) if status == "finished" else ())
     before, now = _flat(previous), _flat(config_lib.to_dict(config))
     differ = sorted(k for k in set(before) | set(now) if k not in ignored and before.get(k) != now.get(k))
     what = "a finished" if status == "finished" else "an interrupted"

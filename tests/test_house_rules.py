@@ -43,7 +43,7 @@ FLOORS = [
     ["config", "keras_fixes", "cli", "image_ops"],
     ["layers"],
     ["backbones"],
-    ["models", "losses", "metrics", "optimizers", "data"],
+    ["models", "losses", "metrics", "optimizers", "data", "visualize"],
     ["inference", "callbacks", "lr_finder", "distribute"],
     ["tasks"],
     ["trainer"],

@@ -69,6 +69,8 @@ class TrainConfig:
                             "(with dynamic loss scaling); weights, losses and metrics stay float32",
                             choices=PRECISIONS)
     init_from: str | None = option(None, "a .keras model whose weights seed this one, by layer name")
+    samples: int = option(4, "validation samples drawn after every epoch, into samples/epoch_NNN.png of the run "
+                          "folder and TensorBoard's images (0: none)", min=0, max=64)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
 
@@ -134,3 +136,29 @@ class Task:
     def report(self, model, data):
         """`(message, summary)`: a few lines for the terminal and a dict of final scores."""
         return "", {}
+
+    def render_examples(self, model, examples):
+        """A picture of `model`'s outputs on a few validation samples: a `kx_vision.visualize.Grid` with one
+        row per sample, or None to draw nothing. The trainer draws one after every epoch
+        (`samples/epoch_NNN.png`, `config.samples` samples; `callbacks.ExampleImages`). `examples` is a
+        list of `(inputs, targets)` NumPy arrays of one sample each (a batch axis of 1), cut from the
+        validation data by `callbacks.take_examples`.
+
+        By default (image-to-image tasks, such as denoising): input | prediction | target, each where it
+        is an image (`(1, H, W, 1 or 3)`, values in [0, 1]); None when the model's output is not one."""
+        import numpy as np
+
+        from kx_vision import visualize
+        from kx_vision.inference import as_predict_fn
+
+        predict = as_predict_fn(model)
+        rows = []
+        for inputs, targets in examples:
+            if not isinstance(inputs, np.ndarray):
+                return None
+            outputs = predict(inputs)
+            if not visualize.is_image(outputs):
+                return None
+            rows.append([a if visualize.is_image(a) else None for a in (inputs, outputs, targets)])
+        captions = [["input", "prediction", "target"]] * len(rows)
+        return visualize.grid(rows, captions) if rows else None

@@ -206,6 +206,27 @@ class SegmentationTask(Task):
                    f"per-class IoU: {per_class}")
         return message, summary
 
+    def render_examples(self, model, examples):
+        """For each validation `(image, mask)`: the image, its truth and the prediction in class colours
+        over it (CamVid's palette; void shows the image), the prediction's pixel accuracy in its caption;
+        a legend of the class colours beside the first row."""
+        from kx_vision import visualize
+        from kx_vision.inference import as_predict_fn
+
+        config = self.config
+        predict = as_predict_fn(model)
+        rows, captions = [], []
+        for image, mask in examples:
+            labels = visualize.class_ids(predict(image))[0]
+            panels, texts = visualize.segmentation_row(image[0], mask[0], labels, config.ignore_class)
+            rows.append(panels)
+            captions.append(texts)
+        names = config.class_names if config.num_classes > 1 else ["background", "foreground"]
+        if rows and len(names) == max(config.num_classes, 2):
+            rows[0].append(visualize.legend(names, max_height=rows[0][0].shape[0]))
+            captions[0].append(None)
+        return visualize.grid(rows, captions)
+
 
 Config = SegmentationConfig
 Task = SegmentationTask

@@ -147,6 +147,15 @@ class StyleTask(Task):
         return (f"validation loss parts: content {summary['content']:.4g}, style {summary['style']:.4g}, "
                 f"tv {summary['tv']:.4g}"), summary
 
+    def render_examples(self, model, examples):
+        """content | stylised, for each validation content crop."""
+        from kx_vision import visualize
+        from kx_vision.inference import as_predict_fn
+
+        predict = as_predict_fn(model)
+        rows = [[content, predict(content)] for content, _ in examples]
+        return visualize.grid(rows, [["content", "stylised"]] * len(rows))
+
 
 Config = StyleConfig
 Task = StyleTask

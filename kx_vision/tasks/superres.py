@@ -135,9 +135,47 @@ class SuperResTask(Task):
             f"bicubic {bicubic_psnr:.2f} dB ({model_psnr - bicubic_psnr:+.2f} dB)"
         ), {"psnr": model_psnr, "bicubic_psnr": bicubic_psnr}
 
+    # Side (HR pixels) of the central crop of each validation image that the samples show, and the LR
+    # pixels around it that the model and bicubic see, so that the crop's edges are those of the whole image.
+    example_side = 128
+    example_margin = 8
+
+    def render_examples(self, model, examples):
+        """bicubic | model | ground truth for each `(lr, hr)` validation pair: the central crop of at most
+        `example_side` HR pixels a side, with each crop's Y-PSNR (shave = scale, 8-bit) in the captions."""
+        import numpy as np
+
+        from kx_vision import metrics, visualize
+        from kx_vision.data import transforms
+        from kx_vision.inference import as_predict_fn
+
+        scale, margin = self.config.scale, self.example_margin
+        predict = as_predict_fn(model)
+        rows, captions = [], []
+        for lr, hr in examples:
+            height, width = lr.shape[1:3]
+            crop_h, crop_w = min(height, self.example_side // scale), min(width, self.example_side // scale)
+            top, left = (height - crop_h) // 2, (width - crop_w) // 2
+            top0, left0 = max(top - margin, 0), max(left - margin, 0)
+            part = lr[:, top0 : min(top + crop_h + margin, height), left0 : min(left + crop_w + margin, width)]
+            inner = (slice(None), slice((top - top0) * scale, (top - top0 + crop_h) * scale),
+                     slice((left - left0) * scale, (left - left0 + crop_w) * scale))
+            truth = hr[:, top * scale : (top + crop_h) * scale, left * scale : (left + crop_w) * scale]
+            sr = predict(part)[inner]
+            bicubic = np.asarray(transforms.bicubic_upscale(part, scale))[inner]
+            scores = [float(np.asarray(metrics.psnr(truth, out, shave=scale, quantize=True))[0])
+                      if min(truth.shape[1:3]) > 2 * scale else None for out in (bicubic, sr)]
+            rows.append([bicubic, sr, truth])
+            captions.append([f"bicubic{_db(scores[0])}", f"model{_db(scores[1])}", "ground truth"])
+        return visualize.grid(rows, captions)
+
 
 Config = SuperResConfig
 Task = SuperResTask
+
+
+def _db(value):
+    return "" if value is None else f" {value:.2f} dB"
 
 
 def score(model, pairs, scale):
