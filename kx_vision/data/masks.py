@@ -112,19 +112,23 @@ def load_mask(path, num_classes, ignore_class=None, divisor=1):
                 )
             if image.mode == "P" and _black_and_white_palette(image):
                 image = image.convert("L")
-            mask = np.asarray(image).astype(np.int64)
+            mask = np.asarray(image)
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - Pillow's many failure types (truncated, not an image, ...)
         raise UnreadableFileError(f"cannot read mask {path}: {error}") from error
+    if mask.dtype != np.uint8:  # mode 1 (bool), 16- and 32-bit grayscale
+        mask = mask.astype(np.int64)
     if divisor != 1:
         mask = mask // divisor
-    elif num_classes == 1 and mask.max(initial=0) == 255 and np.all((mask == 0) | (mask == 255)):
-        mask = mask // 255  # a 0/255 binary mask: nothing else can be meant
+    # The values present: a histogram for 8-bit masks (a tenth of the time of np.unique's sort).
+    present = np.flatnonzero(np.bincount(mask.ravel())) if mask.dtype == np.uint8 else np.unique(mask)
+    if num_classes == 1 and divisor == 1 and present.size and present[-1] == 255 and set(present.tolist()) <= {0, 255}:
+        mask, present = mask // 255, present // 255  # a 0/255 binary mask: nothing else can be meant
     allowed = set(range(max(num_classes, 2)))
     if ignore_class is not None:
         allowed.add(int(ignore_class))
-    bad = sorted(set(np.unique(mask).tolist()) - allowed)
+    bad = sorted(set(present.tolist()) - allowed)
     if bad:
         declared = f"0..{max(num_classes, 2) - 1}" + (f" and ignore {ignore_class}" if ignore_class is not None else "")
         hint = "; 0/255 masks: divide by 255 (mask_divisor)" if divisor == 1 and bad == [255] else ""
