@@ -135,3 +135,22 @@ def test_validation_pairs_crop_to_multiple_of_scale(rng):
 
     (lr, hr), = validation_pairs([rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)], 3)
     assert hr.shape == (1, 12, 9, 3) and lr.shape == (1, 4, 3, 3)
+
+
+def test_scan_reads_sizes_from_headers_and_skips_unreadable_files(tmp_path, rng):
+    from kx_vision.data.images import read_size, scan_images
+
+    good = _save(tmp_path / "a.png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    (tmp_path / "b.png").write_bytes(b"not an image at all")
+    with pytest.warns(UserWarning) as record:
+        kept, sizes = scan_images(list_images(tmp_path), what="training image")
+    assert kept == [good] and sizes == [(30, 20)]
+    messages = " ".join(str(w.message) for w in record)
+    assert "skipping training image: cannot read image" in messages and "b.png" in messages
+    assert "skipped 1 unreadable training image file(s) of 2" in messages
+    # A damaged file whose header still reads passes the scan; it fails when decoded.
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "c.png").write_bytes(data[: len(data) // 2])
+    assert read_size(tmp_path / "c.png") == (30, 20)
+    with pytest.raises(DataError, match="c.png"):
+        load_image(tmp_path / "c.png")

@@ -63,6 +63,8 @@ def to_rgb_array(image, path="<image>"):
         return np.repeat(array[..., None], 3, axis=-1)
     if image.mode == "F":
         raise DataError(f"{path}: floating-point images (mode F) are not supported")
+    if image.mode == "RGB":
+        return np.asarray(image, dtype=np.uint8)  # convert("RGB") would copy it once more first
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -106,21 +108,15 @@ def _any_size():
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def read_image(path, allow_large=False):
-    """Decode one file: `(rgb_uint8, notes)`, `notes` listing what was converted ("alpha channel
-    dropped", "16-bit image scaled to 8 bits"). Raises `UnreadableFileError` naming the file if it
-    cannot be decoded, and `TooLargeImageError` beyond `pixel_limit()` unless `allow_large`."""
+@contextlib.contextmanager
+def _opened(path, allow_large=False):
+    """`Image.open(path)`, with Pillow's errors turned into `UnreadableFileError` / `TooLargeImageError`
+    naming the file (for the whole block: decoding errors come later than opening ones)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse at 2x, as Pillow does
             with _any_size() if allow_large else contextlib.nullcontext(), Image.open(path) as image:
-                notes = []
-                if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                    notes.append("alpha channel dropped")
-                if image.mode.startswith("I;16") or image.mode == "I":
-                    notes.append("16-bit image scaled to 8 bits")
-                image.load()
-                return to_rgb_array(image, path), notes
+                yield image
     except DataError:
         raise
     except Image.DecompressionBombError as error:
@@ -130,6 +126,28 @@ def read_image(path, allow_large=False):
         raise _too_large(path, int(pixels.group(1))) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise UnreadableFileError(f"cannot read image {path}: {error}") from error
+
+
+def read_image(path, allow_large=False):
+    """Decode one file: `(rgb_uint8, notes)`, `notes` listing what was converted ("alpha channel
+    dropped", "16-bit image scaled to 8 bits"). Raises `UnreadableFileError` naming the file if it
+    cannot be decoded, and `TooLargeImageError` beyond `pixel_limit()` unless `allow_large`."""
+    with _opened(path, allow_large) as image:
+        notes = []
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            notes.append("alpha channel dropped")
+        if image.mode.startswith("I;16") or image.mode == "I":
+            notes.append("16-bit image scaled to 8 bits")
+        image.load()
+        return to_rgb_array(image, path), notes
+
+
+def read_size(path):
+    """`(width, height)` of an image file from its header, without decoding it (a fraction of a
+    millisecond). Raises `UnreadableFileError` if the header cannot be read and `TooLargeImageError` beyond
+    `pixel_limit()`; a file whose pixels are damaged passes, and fails when it is decoded."""
+    with _opened(path) as image:
+        return image.size
 
 
 def load_image(path):
@@ -157,23 +175,73 @@ def load_images(paths, min_size=None, what="image", skip_small=False):
             warnings.warn(f"skipping {what}: {error}", stacklevel=2)
             skipped.append(path)
             continue
-        if min_size is not None and min(array.shape[:2]) < min_size:
-            if skip_small:
-                small.append(path)
-                continue
-            raise DataError(
-                f"{what} {path} is {array.shape[1]}x{array.shape[0]}, smaller than the "
-                f"{min_size}x{min_size} patch size; remove it or lower the patch size"
-            )
+        if not _big_enough(path, array.shape[1], array.shape[0], min_size, what, skip_small):
+            small.append(path)
+            continue
         arrays.append(array)
         kept.append(path)
+    _report_skipped(paths, skipped, small, min_size, what, found=bool(arrays))
+    return arrays, kept
+
+
+def scan_images(paths, min_size=None, what="image", skip_small=False, workers=None):
+    """The sizes of many files, from their headers (nothing is decoded): what a streaming pipeline
+    needs to plan its crops and to decide whether the decoded set would fit in memory.
+
+    The same checks and messages as `load_images`, where a header can tell: a file whose header cannot
+    be read is skipped with a warning (counted), one smaller than `min_size` stops with `DataError`
+    naming it or, with `skip_small`, is skipped and counted. A file whose header is fine but whose
+    pixels are damaged is found when a pipeline decodes it.
+
+    Returns:
+        (kept_paths, sizes), `sizes` a list of `(width, height)`.
+    """
+    import concurrent.futures
+
+    paths = list(paths)
+    workers = workers or min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # open() waits on the disk, not the CPU
+        results = list(pool.map(_size_or_error, paths, chunksize=64))
+    kept, sizes, skipped, small = [], [], [], []
+    for path, result in zip(paths, results):
+        if isinstance(result, DataError):
+            warnings.warn(f"skipping {what}: {result}", stacklevel=2)
+            skipped.append(path)
+        elif not _big_enough(path, result[0], result[1], min_size, what, skip_small):
+            small.append(path)
+        else:
+            kept.append(path)
+            sizes.append(result)
+    _report_skipped(paths, skipped, small, min_size, what, found=bool(kept))
+    return kept, sizes
+
+
+def _size_or_error(path):
+    try:
+        return read_size(path)
+    except DataError as error:
+        return error
+
+
+def _big_enough(path, width, height, min_size, what, skip_small):
+    """False for an image to skip as too small; `DataError` naming it unless `skip_small`."""
+    if min_size is None or min(width, height) >= min_size:
+        return True
+    if skip_small:
+        return False
+    raise DataError(
+        f"{what} {path} is {width}x{height}, smaller than the {min_size}x{min_size} patch size; "
+        "remove it or lower the patch size"
+    )
+
+
+def _report_skipped(paths, skipped, small, min_size, what, found):
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable {what} file(s) of {len(paths)}", stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} unreadable {what} file(s) of {len(paths)}", stacklevel=3)
     if small:
         warnings.warn(f"skipped {len(small)} of {len(paths)} {what}s smaller than the {min_size}x{min_size} "
-                      "patch", stacklevel=2)
-    if not arrays and small and len(small) + len(skipped) == len(paths):
+                      "patch", stacklevel=3)
+    if not found and small and len(small) + len(skipped) == len(paths):
         raise DataError(f"no {what} is at least {min_size} pixels on its short side")
-    if not arrays:
+    if not found:
         raise DataError(f"none of the {len(paths)} {what} file(s) could be read (first: {paths[0]})")
-    return arrays, kept

@@ -1,10 +1,12 @@
 """tf.data pipelines for super-resolution: random HR patches -> (bicubic LR, HR) pairs.
 
-Training pairs are made on the fly: a random image (uniformly, as EDSR samples), a random HR patch,
-one of the 8 dihedral transforms, then the LR input by bicubic downscaling with antialiasing
-(MATLAB `imresize` semantics) rounded to 8-bit levels. The transform is applied to the HR patch
-*before* the degradation, so input and target always carry the same transform (flips and quarter
-turns commute with the symmetric bicubic kernel on patches whose side is a multiple of the scale).
+Training pairs are made on the fly from the patches of a `kx_vision.data.streaming.PatchStream`
+(images visited uniformly, once per pass in a shuffled order, as EDSR samples; decoded from their files as
+the stream goes, or cropped from memory): a random HR patch, one of the 8 dihedral transforms, then the
+LR input by bicubic downscaling with antialiasing (MATLAB `imresize` semantics) rounded to 8-bit levels.
+The transform is applied to the HR patch *before* the degradation, so input and target always carry the
+same transform (flips and quarter turns commute with the symmetric bicubic kernel on patches whose side
+is a multiple of the scale).
 Validation pairs are whole images cropped to a multiple of the scale, degraded once with the
 `keras.ops` version of the same transforms (`kx_vision.data.transforms`).
 """
@@ -16,7 +18,7 @@ try:
 except ImportError:  # JAX-only machines use kx_vision.data.arrays; the TF-free helpers below still work
     tf = None
 
-from kx_vision.data import transforms
+from kx_vision.data import streaming, transforms
 from kx_vision.data.images import list_images, load_images
 
 
@@ -34,49 +36,74 @@ def degrade_tf(hr, scale):
     return tf.round(tf.clip_by_value(lr, 0.0, 1.0) * 255.0) / 255.0
 
 
-def train_dataset(images, scale, patch_size, batch_size, seed=0, augment=True):
-    """An endless `tf.data.Dataset` of `(lr, hr)` float32 batches in [0, 1].
+def train_dataset(images, scale, patch_size, batch_size, seed=0, augment=True, patches_per_image=1):
+    """An endless `tf.data.Dataset` of `(lr, hr)` float32 batches in [0, 1] from decoded images in memory.
 
     Args:
         images: decoded HR images, `(H, W, 3)` uint8 arrays, each at least `patch_size` square.
         scale: downscaling factor; `patch_size` must be a multiple of it.
         patch_size: side of the HR patches (LR patches are `patch_size // scale`).
         batch_size: patches per batch.
-        seed: seed of the stateless random sampling (crops, transforms).
+        seed: seed of the sampling (order, crops, transforms).
         augment: apply the random dihedral transform.
+        patches_per_image: crops taken from an image each time it is visited.
+
+    The same batches as `stream_dataset` over a `streaming.PatchStream.from_arrays` of the images.
     """
     if patch_size % scale:
         raise ValueError(f"patch_size {patch_size} must be a multiple of the scale {scale}")
-    # Decoded images are cached once in one flat uint8 buffer; a patch is a slice of it.
-    shapes = np.array([image.shape[:2] for image in images], dtype=np.int64)
-    sizes = shapes[:, 0] * shapes[:, 1] * 3
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    buffer = tf.constant(np.concatenate([image.reshape(-1) for image in images]))
-    shapes_t, offsets_t = tf.constant(shapes), tf.constant(offsets)
-    count = len(images)
+    stream = streaming.PatchStream.from_arrays(images, patch_size, batch_size, patches_per_image, seed)
+    return stream_dataset(stream, scale, augment=augment)
 
-    def sample(seed_pair):
-        seeds = tf.random.experimental.stateless_split(seed_pair, 4)
-        index = tf.random.stateless_uniform([], seeds[0], 0, count, dtype=tf.int64)
-        height, width = shapes_t[index][0], shapes_t[index][1]
-        top = tf.random.stateless_uniform([], seeds[1], 0, height - patch_size + 1, dtype=tf.int64)
-        left = tf.random.stateless_uniform([], seeds[2], 0, width - patch_size + 1, dtype=tf.int64)
-        image = tf.reshape(buffer[offsets_t[index] : offsets_t[index] + height * width * 3], [height, width, 3])
-        patch = image[top : top + patch_size, left : left + patch_size]
-        if augment:
-            k = tf.random.stateless_uniform([], seeds[3], 0, 8, dtype=tf.int32)
-            patch = random_dihedral_tf(patch, k)
-        return tf.ensure_shape(patch, [patch_size, patch_size, 3])
 
-    def to_pair(patches):
+def stream_dataset(stream, scale, augment=True, steps_per_epoch=None):
+    """An endless `tf.data.Dataset` of `(lr, hr)` float32 batches in [0, 1]: batch `g` of the dataset is
+    batch `g` of `stream` (a `kx_vision.data.streaming.PatchStream`), its dihedral transforms and bicubic
+    degradation applied in TensorFlow ops inside the input graph.
+
+    Windows of the stream are read in order, two at a time (the stream decodes a window's images in its
+    own threads, so decoding is as parallel as there are cores and memory holds two windows of patches
+    whatever the number of cores), split into patches, transformed, batched, degraded and prefetched. With
+    `steps_per_epoch`, the files found unreadable are reported (`stream.report`) when the last batch of
+    each epoch of that many batches has been made.
+    """
+    size = stream.patch_size
+    if size % scale:
+        raise ValueError(f"patch_size {size} must be a multiple of the scale {scale}")
+
+    def read(window_id):
+        # Each window is asked for once, two at a time (below): one being read, the next one decoding.
+        patches, dihedral = stream.window(int(window_id), prefetch=False, keep=False)
+        return patches, dihedral.astype(np.int32)
+
+    def window(window_id):
+        patches, dihedral = tf.numpy_function(read, [window_id], (tf.uint8, tf.int32), stateful=True)
+        return tf.ensure_shape(patches, [None, size, size, 3]), tf.ensure_shape(dihedral, [None])
+
+    def transform(patch, k):
+        return random_dihedral_tf(patch, k) if augment else patch
+
+    def made(batch_index):
+        epoch, step = divmod(int(batch_index), steps_per_epoch)
+        if step == steps_per_epoch - 1:
+            stream.report(f"in epoch {epoch + 1}")
+        return batch_index
+
+    def to_pair(batch_index, patches):
+        if steps_per_epoch:
+            done = tf.numpy_function(made, [batch_index], tf.int64, stateful=True)
+            with tf.control_dependencies([done]):
+                patches = tf.identity(patches)
         hr = tf.cast(patches, tf.float32) / 255.0
         return (hr if scale == 1 else degrade_tf(hr, scale)), hr
 
     return (
-        tf.data.Dataset.random(seed=seed)
-        .batch(2)
-        .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(batch_size, drop_remainder=True)
+        tf.data.Dataset.counter()
+        .map(window, num_parallel_calls=2, deterministic=True)  # the stream decodes a window's images in parallel
+        .unbatch()
+        .map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(stream.batch_size, drop_remainder=True)
+        .enumerate()
         .map(to_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -110,12 +137,16 @@ def load_folders(folders, min_size=None, what="image", skip_small=False):
     return images
 
 
-def content_dataset(images, crop_size, batch_size, seed=0):
-    """Endless `(content, content)` batches for style transfer: random `crop_size` squares of the
-    content images (each resized so its short side is at least `crop_size`), randomly flipped.
-    The target is the content image itself; the style lives in the loss."""
-    from kx_vision.data.arrays import prepare_content
+def content_dataset(images, crop_size, batch_size, seed=0, patches_per_image=1):
+    """Endless `(content, content)` batches for style transfer from decoded images in memory: random
+    `crop_size` squares of the content images (each resized so its short side is at least `crop_size`),
+    each given one of the 8 dihedral transforms. The target is the content image itself; the style lives
+    in the loss."""
+    stream = streaming.PatchStream.from_arrays(images, crop_size, batch_size, patches_per_image, seed,
+                                               min_side=crop_size)
+    return content_stream_dataset(stream)
 
-    prepared = prepare_content(images, crop_size)
-    dataset = train_dataset(prepared, scale=1, patch_size=crop_size, batch_size=batch_size, seed=seed)
-    return dataset.map(lambda lr, hr: (hr, hr))
+
+def content_stream_dataset(stream, steps_per_epoch=None):
+    """`(content, content)` batches of a `PatchStream` of content crops (see `stream_dataset`)."""
+    return stream_dataset(stream, scale=1, steps_per_epoch=steps_per_epoch).map(lambda lr, hr: (hr, hr))

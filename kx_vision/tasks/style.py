@@ -8,6 +8,7 @@ from kx_vision.config import option
 from kx_vision.data import SAMPLE_DIR
 from kx_vision.errors import ConfigError
 from kx_vision.tasks.base import DataBundle, Task, TrainConfig, pipeline_option
+from kx_vision.tasks.data_options import cache_limit_option, cache_option
 
 # The lesson's choice (kx_vision.losses.LESSON_*, repeated here so that the config needs no Keras; a test
 # checks they agree): style from the last conv of VGG blocks 2-5, content from the third of them.
@@ -30,6 +31,9 @@ class DataConfig:
     val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation content image folder(s)")
     crop_size: int = option(128, "side of the random content crops (Johnson: 256; at least 8 x num_blocks + 1)", min=1)
     batch_size: int = option(4, "crops per batch", min=1)
+    patches_per_image: int = option(1, "random crops taken from each decoded content image", min=1)
+    cache: str = cache_option()
+    cache_limit_mib: float = cache_limit_option()
     pipeline: str = pipeline_option()
 
 
@@ -119,21 +123,30 @@ class StyleTask(Task):
         return [StyleLossPart(self.loss, part) for part in parts]
 
     def build_data(self):
-        from kx_vision.data import arrays, resolve_pipeline
+        """Random content crops (dihedral transforms), streamed from the files or cropped from memory
+        (`data.cache`; `kx_vision.data.streaming`); images smaller than `crop_size` are upscaled first.
+        Validation: two fixed batches of crops of the validation images, held in memory."""
+        from kx_vision.data import arrays, resolve_pipeline, streaming
         from kx_vision.data import superres as sr_data
 
-        config = self.config
-        size = config.data.crop_size
-        content = sr_data.load_folders(config.data.content, what="content image")
-        val_images = sr_data.load_folders(config.data.val, what="validation content image")
-        if resolve_pipeline(config.data.pipeline) == "numpy":
-            train = arrays.ContentCrops(content, size, config.data.batch_size, config.steps_per_epoch,
-                                        seed=config.seed, workers=arrays.default_workers())
-            val = arrays.ContentCrops(val_images, size, config.data.batch_size, 2, seed=config.seed + 1)
-            return DataBundle(train, val, config.steps_per_epoch, endless=False)
-        train = sr_data.content_dataset(content, size, config.data.batch_size, seed=config.seed)
-        val = sr_data.content_dataset(val_images, size, config.data.batch_size, seed=config.seed + 1).take(2)
-        return DataBundle(train, val, config.steps_per_epoch, endless=True)
+        config, data = self.config, self.config.data
+        size = data.crop_size
+        stream, note = streaming.open_stream(data.content, size, data.batch_size,
+                                             patches_per_image=data.patches_per_image, seed=config.seed,
+                                             cache=data.cache, cache_limit_mib=data.cache_limit_mib, min_side=size,
+                                             what="content image")
+        print(f"training data: {note}")
+        val_stream, _ = streaming.open_stream(data.val, size, data.batch_size, seed=config.seed + 1, cache="always",
+                                              min_side=size, what="validation content image")
+        extras = {"train_stream": stream}
+        if resolve_pipeline(data.pipeline) == "numpy":
+            train = arrays.ContentCrops(stream, steps_per_epoch=config.steps_per_epoch,
+                                        workers=arrays.default_workers())
+            val = arrays.ContentCrops(val_stream, steps_per_epoch=2, fixed=True)
+            return DataBundle(train, val, config.steps_per_epoch, endless=False, extras=extras)
+        train = sr_data.content_stream_dataset(stream, steps_per_epoch=config.steps_per_epoch)
+        val = sr_data.content_stream_dataset(val_stream).take(2)
+        return DataBundle(train, val, config.steps_per_epoch, endless=True, extras=extras)
 
     def report(self, model, data):
         import numpy as np

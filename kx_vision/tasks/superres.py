@@ -7,6 +7,7 @@ from kx_vision.config import option
 from kx_vision.data import SAMPLE_DIR
 from kx_vision.errors import ConfigError
 from kx_vision.tasks.base import DataBundle, Task, TrainConfig, pipeline_option
+from kx_vision.tasks.data_options import cache_limit_option, cache_option
 
 
 @dataclasses.dataclass
@@ -25,6 +26,10 @@ class DataConfig:
     batch_size: int = option(16, "patches per batch", min=1)
     augment: bool = option(True, "random dihedral transform (8 symmetries) of each patch")
     skip_small: bool = option(False, "skip (with a warning) training images smaller than the patch, instead of stopping")
+    patches_per_image: int = option(1, "random patches taken from each decoded training image (BasicSR's "
+                                    "sub-images: 8 makes large images 8x cheaper to decode per patch)", min=1)
+    cache: str = cache_option()
+    cache_limit_mib: float = cache_limit_option()
     pipeline: str = pipeline_option()
 
 
@@ -105,27 +110,30 @@ class SuperResTask(Task):
         return (list(transferred), self.config.freeze_transferred_epochs) if transferred else ([], 0)
 
     def build_data(self):
-        """Random HR patches and their LR inputs (`kx_vision.data.superres`, or without TensorFlow
-        `kx_vision.data.arrays`); validation on whole images (`extras["val_pairs"]` for the report)."""
-        from kx_vision.data import arrays, resolve_pipeline
+        """Random HR patches and their LR inputs, streamed from the files or cropped from memory
+        (`data.cache`; `kx_vision.data.streaming`), through tf.data (`kx_vision.data.superres`) or, without
+        TensorFlow, `kx_vision.data.arrays`; validation on whole images, held in memory
+        (`extras["val_pairs"]` for the report; `extras["train_stream"]` counts unreadable files)."""
+        from kx_vision.data import arrays, resolve_pipeline, streaming
         from kx_vision.data import superres as sr_data  # imports TensorFlow only where it is installed
 
-        config = self.config
-        pipeline = resolve_pipeline(config.data.pipeline)
-        train_images = sr_data.load_folders(config.data.train, min_size=config.data.patch_size,
-                                            what="training image", skip_small=config.data.skip_small)
-        val_images = sr_data.load_folders(config.data.val, what="validation image")
+        config, data = self.config, self.config.data
+        pipeline = resolve_pipeline(data.pipeline)
+        stream, note = streaming.open_stream(data.train, data.patch_size, data.batch_size,
+                                             patches_per_image=data.patches_per_image, seed=config.seed,
+                                             cache=data.cache, cache_limit_mib=data.cache_limit_mib,
+                                             skip_small=data.skip_small, what="training image")
+        print(f"training data: {note}")
+        val_images = sr_data.load_folders(data.val, what="validation image")
         pairs = sr_data.validation_pairs(val_images, config.scale)
+        extras = {"val_pairs": pairs, "train_stream": stream}
         if pipeline == "numpy":
-            train = arrays.SuperResPatches(train_images, config.scale, config.data.patch_size, config.data.batch_size,
-                                           config.steps_per_epoch, seed=config.seed, augment=config.data.augment,
-                                           workers=arrays.default_workers())
-            return DataBundle(train, arrays.Pairs(pairs), config.steps_per_epoch, endless=False,
-                              extras={"val_pairs": pairs})
-        train = sr_data.train_dataset(train_images, config.scale, config.data.patch_size, config.data.batch_size,
-                                      seed=config.seed, augment=config.data.augment)
-        return DataBundle(train, sr_data.pairs_dataset(pairs), config.steps_per_epoch, endless=True,
-                          extras={"val_pairs": pairs})
+            train = arrays.SuperResPatches(stream, config.scale, steps_per_epoch=config.steps_per_epoch,
+                                           augment=data.augment, workers=arrays.default_workers())
+            return DataBundle(train, arrays.Pairs(pairs), config.steps_per_epoch, endless=False, extras=extras)
+        train = sr_data.stream_dataset(stream, config.scale, augment=data.augment,
+                                       steps_per_epoch=config.steps_per_epoch)
+        return DataBundle(train, sr_data.pairs_dataset(pairs), config.steps_per_epoch, endless=True, extras=extras)
 
     def report(self, model, data):
         pairs = data.extras["val_pairs"]
