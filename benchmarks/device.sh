@@ -76,37 +76,12 @@ run)
 dry)
     [ -d .device/data/train ] && [ -d .device/wheels ] || { echo "run: bash benchmarks/device.sh prepare" >&2; exit 1; }
     TMP=${KX_DRY_TMP:-/tmp/kx_dry}
-    rm -rf "$TMP/out" "$TMP/runs" "$TMP/data" "$TMP/block" "$TMP"/*.log
-    mkdir -p "$TMP/out" "$TMP/block" "$TMP/data/train" "$TMP/data/Set5" "$TMP/data/Set14"
+    rm -rf "$TMP/out" "$TMP/runs" "$TMP/data" "$TMP"/*.log
+    mkdir -p "$TMP/out" "$TMP/data/train" "$TMP/data/Set5" "$TMP/data/Set14"
     # Two images per folder, in the packed layout (BSD200's 481x321 photographs hold x4's 192 px patches).
     cp .device/data/train/BSD200_100075.webp .device/data/train/BSD200_100080.webp "$TMP/data/train/"
     cp .device/data/Set5/Set5_baby.webp .device/data/Set5/Set5_bird.webp "$TMP/data/Set5/"
     cp .device/data/Set14/Set14_face.webp .device/data/Set14/Set14_foreman.webp "$TMP/data/Set14/"
-    # TensorFlow (and the other packages this venv has and the GPU machine lacks) made unimportable: find_spec
-    # returns None and `import` raises ModuleNotFoundError, as where they are not installed.
-    cat > "$TMP/block/sitecustomize.py" <<'EOF'
-import sys
-
-_HIDDEN = {"tensorflow", "tensorflow_datasets", "tensorflow_metadata", "tf_keras", "tree", "termcolor", "gast",
-           "astunparse", "pasta", "array_record", "immutabledict", "promise", "simple_parsing", "IPython",
-           "ipykernel"}
-
-
-class _Hide:
-    def __init__(self, finder):
-        self._finder = finder
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in _HIDDEN:
-            return None
-        return self._finder.find_spec(name, path, target)
-
-    def __getattr__(self, attr):
-        return getattr(self._finder, attr)
-
-
-sys.meta_path[:] = [_Hide(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
-EOF
     # The PyTorch peer needs torch: this Python's, else a CPU build installed once into $TMP/torch.
     peer_path=""
     if ! "$PY" -c "import torch" 2>/dev/null; then
@@ -117,7 +92,10 @@ EOF
                 markupsafe mpmath networkx sympy typing-extensions
         fi
     fi
-    export KX_DRY_TMP=$TMP KX_DRY_DATA=$TMP/data PYTHONPATH=$TMP/block:$PWD PYTHONUNBUFFERED=1
+    # TensorFlow (and the other packages this venv has and the GPU machine lacks) made unimportable by
+    # tests/no_tensorflow/sitecustomize.py: find_spec returns None and `import` fails, as where not installed.
+    export KX_HIDE_MODULES="tensorflow_metadata tree termcolor gast astunparse pasta array_record immutabledict promise simple_parsing IPython ipykernel"
+    export KX_DRY_TMP=$TMP KX_DRY_DATA=$TMP/data PYTHONPATH=$PWD/tests/no_tensorflow:$PWD PYTHONUNBUFFERED=1
     set -o pipefail
     "$PY" benchmarks/device_check.py dry --out "$TMP/out" --python "$PY" --peer-pythonpath "$peer_path" \
         2>&1 | tee "$TMP/out/log.txt"
