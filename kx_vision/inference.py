@@ -7,7 +7,7 @@ Both take `predict`, any callable mapping a float32 batch `(N, h, w, 3)` in [0, 
 import numpy as np
 from keras import ops
 
-from kx_vision.data import transforms
+from kx_vision.data import definitions, transforms
 from kx_vision.errors import KxVisionError
 
 # What each command takes, in the words of its error messages.
@@ -94,8 +94,9 @@ def bicubic(scale):
 
 def inverse_dihedral_index(k):
     """Index of the inverse of `transforms.dihedral(., k)`: rotations invert to the opposite
-    rotation; the four reflections (k >= 4) are their own inverses."""
-    return (4 - k) % 4 if k < 4 else k
+    rotation; the four reflections (k >= 4) are their own inverses. Read off the one definition of the
+    symmetries (`kx_vision.data.definitions.inverse_dihedral`)."""
+    return definitions.inverse_dihedral(k)
 
 
 def self_ensemble(predict):
@@ -105,11 +106,11 @@ def self_ensemble(predict):
     def ensembled(batch):
         batch = np.asarray(batch, np.float32)
         total = None
-        for k in range(transforms.NUM_DIHEDRAL):
+        for k in range(definitions.NUM_DIHEDRAL):
             out = predict(ops.convert_to_numpy(transforms.dihedral(batch, k)))
             out = ops.convert_to_numpy(transforms.dihedral(out, inverse_dihedral_index(k)))
             total = out.astype(np.float64) if total is None else total + out
-        return (total / transforms.NUM_DIHEDRAL).astype(np.float32)
+        return (total / definitions.NUM_DIHEDRAL).astype(np.float32)
 
     return ensembled
 

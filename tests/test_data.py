@@ -88,6 +88,55 @@ def test_tf_pipeline_transforms_match_keras_ops(rng):
     )
 
 
+def _keys_cubic(x):
+    """The bicubic kernel of MATLAB's `imresize` (Keys, a = -0.5)."""
+    x = np.abs(x)
+    return np.where(x <= 1, 1.5 * x**3 - 2.5 * x**2 + 1, np.where(x < 2, -0.5 * x**3 + 2.5 * x**2 - 4 * x + 2, 0.0))
+
+
+def _imresize_rows(size, scale):
+    """`(rows, weights)`: the LR rows whose antialiased kernel (the cubic stretched by `scale`) lies inside
+    an image of `size` pixels, and their weights over its pixels, as MATLAB `imresize` computes them."""
+    rows, weights = [], []
+    for i in range(size // scale):
+        centre = (i + 0.5) * scale - 0.5
+        if centre - 2 * scale >= 0 and centre + 2 * scale <= size - 1:
+            rows.append(i)
+            weights.append(_keys_cubic((np.arange(size) - centre) / scale) / scale)
+    return rows, np.array(weights)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_degradation_is_matlab_imresize_then_8bit(scale, rng):
+    # An independent reference: away from the borders (where MATLAB pads and TF renormalises), the LR image
+    # is the antialiased Keys bicubic of MATLAB `imresize`, then clipped and rounded to 8-bit levels.
+    hr = rng.random((2, 16 * scale, 12 * scale, 3)).astype(np.float32)
+    rows, row_weights = _imresize_rows(hr.shape[1], scale)
+    cols, col_weights = _imresize_rows(hr.shape[2], scale)
+    want = np.einsum("ih,nhwc,jw->nijc", row_weights, hr.astype(np.float64), col_weights)
+    exact = ops.convert_to_numpy(transforms.bicubic_downscale(hr, scale, quantize=False))
+    np.testing.assert_allclose(exact[:, rows][:, :, cols], want, atol=2e-5)
+    levels = ops.convert_to_numpy(transforms.bicubic_downscale(hr, scale)) * 255
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+    np.testing.assert_allclose(levels, np.clip(exact, 0, 1) * 255, atol=0.5 + 1e-3)
+    with pytest.raises(ValueError, match="not a multiple of the scale"):
+        transforms.bicubic_downscale(hr[:, 1:], scale)
+
+
+def test_tf_degradation_matches_keras_ops_on_non_square_batches(rng):
+    # The two adapters of the one degradation agree to one 8-bit level (a value within float error of a
+    # rounding boundary may land on either side).
+    tf = pytest.importorskip("tensorflow")
+    from kx_vision.data.superres import degrade_tf
+
+    x = rng.random((3, 12, 18, 3)).astype("float32")
+    for scale in (2, 3):
+        got = degrade_tf(tf.constant(x), scale).numpy()
+        want = ops.convert_to_numpy(transforms.bicubic_downscale(x, scale))
+        assert got.shape == want.shape == (3, 12 // scale, 18 // scale, 3)
+        assert np.abs(np.round(got * 255) - np.round(want * 255)).max() <= 1
+
+
 def _find_dihedral_crop(image, patch):
     """(k, top, left) such that patch is dihedral k of image[top:top+p, left:left+p], or None."""
     p = patch.shape[0]

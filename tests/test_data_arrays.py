@@ -10,22 +10,58 @@ import keras
 import numpy as np
 import pytest
 
-from kx_vision.data import arrays, transforms
+from kx_vision.data import arrays, definitions, transforms
+from kx_vision.inference import inverse_dihedral_index
 
 
 def _images(rng):
     return [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in ((40, 36), (33, 50), (48, 48))]
 
 
+@pytest.mark.parametrize("shape", [(6, 5, 3), (6, 6, 3), (2, 6, 5, 3)], ids=["6x5", "6x6", "batch"])
 @pytest.mark.parametrize("k", range(8))
-def test_dihedral_matches_keras_ops_and_tensorflow(k, rng):
-    image = (rng.random((6, 5, 3)) * 255).astype(np.uint8)
+def test_dihedral_matches_keras_ops_and_tensorflow(k, shape, rng):
+    # The three adapters of the one definition (keras.ops, NumPy, TensorFlow in the tf.data graph) agree
+    # exactly, on square and non-square images and batches.
+    image = (rng.random(shape) * 255).astype(np.uint8)
     want = keras.ops.convert_to_numpy(transforms.dihedral(image, k))
     np.testing.assert_array_equal(arrays.dihedral_numpy(image, k), want)
     tf = pytest.importorskip("tensorflow")
     from kx_vision.data.superres import random_dihedral_tf
 
     np.testing.assert_array_equal(random_dihedral_tf(tf.constant(image), tf.constant(k)).numpy(), want)
+
+
+def test_dihedral_means_quarter_turns_then_a_flip():
+    # Index k is k % 4 counter-clockwise quarter turns, then a left-right flip when k >= 4.
+    image = np.array([[1, 2, 3], [4, 5, 6]])[..., None]  # rows top to bottom
+    quarter = np.array([[3, 6], [2, 5], [1, 4]])[..., None]  # turned counter-clockwise: right column on top
+    np.testing.assert_array_equal(definitions.dihedral_numpy(image, 1), quarter)
+    np.testing.assert_array_equal(definitions.dihedral_numpy(image, 5), quarter[:, ::-1])
+    np.testing.assert_array_equal(definitions.dihedral_numpy(image, 2), image[::-1, ::-1])
+    np.testing.assert_array_equal(definitions.dihedral_numpy(image, 4), image[:, ::-1])
+    with pytest.raises(ValueError, match="dihedral index must be in"):
+        transforms.dihedral(image, 8)
+
+
+def test_dihedral_indices_form_the_group_of_the_square(rng):
+    x = rng.random((1, 3, 4, 2)).astype(np.float32)  # no symmetry of its own: 8 distinct images
+    apply = lambda image, k: keras.ops.convert_to_numpy(transforms.dihedral(image, k))  # noqa: E731
+    images = [apply(x, k) for k in range(8)]
+    assert len({image.tobytes() for image in images}) == 8
+    for a in range(8):
+        # The table says what doing a then b is, checked with the keras.ops adapter (the table is read off
+        # the NumPy one).
+        for b in range(8):
+            np.testing.assert_array_equal(apply(images[a], b), images[definitions.compose_dihedral(a, b)])
+        inverse = definitions.inverse_dihedral(a)
+        np.testing.assert_array_equal(apply(images[a], inverse), x)
+        assert definitions.compose_dihedral(inverse, a) == 0 and inverse_dihedral_index(a) == inverse
+    table = np.array(definitions.DIHEDRAL_COMPOSITION)
+    assert (table[0] == np.arange(8)).all() and (table[:, 0] == np.arange(8)).all()  # 0 is the identity
+    assert all(sorted(row) == list(range(8)) for row in table)  # each row a permutation
+    assert [definitions.inverse_dihedral(k) for k in range(8)] == [0, 3, 2, 1, 4, 5, 6, 7]
+    assert definitions.compose_dihedral(1, 4) != definitions.compose_dihedral(4, 1)  # not commutative
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -53,7 +89,7 @@ def test_patches_are_crops_of_the_images_with_every_transform(rng):
     for index in range(len(data)):
         for patch in data.patches(index):
             found = [(i, k) for i, image in enumerate(images) for k in range(8)
-                     if _contains(image, arrays.dihedral_numpy(patch, _inverse(k)))]
+                     if _contains(image, arrays.dihedral_numpy(patch, definitions.inverse_dihedral(k)))]
             assert found, "a patch is not a (transformed) crop of any image"
             sources.append(found[0][0])
             variants.update(k for _, k in found)
@@ -63,10 +99,6 @@ def test_patches_are_crops_of_the_images_with_every_transform(rng):
     first = data.patches(0)
     data.on_epoch_end()
     assert not np.array_equal(first, data.patches(0))  # a new epoch draws new patches
-
-
-def _inverse(k):
-    return k if k >= 4 else (4 - k) % 4
 
 
 def _contains(image, patch):

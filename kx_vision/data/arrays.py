@@ -19,12 +19,8 @@ import numpy as np
 # PIPELINES, default_workers, resolve_pipeline: re-exported (they live in `kx_vision.data`, importable without Keras).
 from kx_vision.data import PIPELINES, default_workers, resolve_pipeline, streaming, transforms  # noqa: F401
 
-
-def dihedral_numpy(image, k):
-    """`transforms.dihedral` for one `(H, W, C)` NumPy image: `k % 4` counter-clockwise quarter
-    turns, then a left-right flip when `k >= 4` (as `tf.image.rot90` / `flip_left_right`)."""
-    image = np.rot90(image, k % 4, axes=(0, 1))
-    return image[:, ::-1] if k >= 4 else image
+# The NumPy adapter of the one dihedral definition (`kx_vision.data.definitions`), re-exported here.
+from kx_vision.data.definitions import dihedral_numpy
 
 
 def make_pairs(patches, scale):

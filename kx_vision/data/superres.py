@@ -18,22 +18,33 @@ try:
 except ImportError:  # JAX-only machines use kx_vision.data.arrays; the TF-free helpers below still work
     tf = None
 
-from kx_vision.data import streaming, transforms
+from kx_vision.data import definitions, streaming, transforms
 from kx_vision.data.images import list_images, load_images
 
 
 def random_dihedral_tf(image, k):
-    """`transforms.dihedral` in TensorFlow ops, for a tensor `k` inside the input graph."""
-    image = tf.image.rot90(image, k % 4)
-    return tf.cond(k >= 4, lambda: tf.image.flip_left_right(image), lambda: image)
+    """`transforms.dihedral` in TensorFlow ops (the TensorFlow adapter of
+    `kx_vision.data.definitions.apply_dihedral`), for a tensor `k` inside the input graph."""
+    return definitions.apply_dihedral(
+        image,
+        tf.convert_to_tensor(k),
+        rot90=tf.image.rot90,
+        flip_if=lambda x, flip: tf.cond(flip, lambda: tf.image.flip_left_right(x), lambda: x),
+    )
 
 
 def degrade_tf(hr, scale):
-    """`transforms.bicubic_downscale` in TensorFlow ops (what `keras.ops.image.resize` calls on the
-    TensorFlow backend), for batches `(N, P, P, 3)` inside the input graph."""
-    size = tf.shape(hr)[1:3] // scale
-    lr = tf.image.resize(hr, size, method="bicubic", antialias=True)
-    return tf.round(tf.clip_by_value(lr, 0.0, 1.0) * 255.0) / 255.0
+    """`transforms.bicubic_downscale` in TensorFlow ops (the TensorFlow adapter of
+    `kx_vision.data.definitions.degrade`; what `keras.ops.image.resize` calls on the TensorFlow
+    backend), for batches `(N, P, P, 3)` inside the input graph."""
+    return definitions.degrade(
+        hr,
+        tf.shape(hr)[1:3] // scale,
+        resize=lambda x, size, interpolation, antialias: tf.image.resize(x, size, method=interpolation,
+                                                                         antialias=antialias),
+        clip=tf.clip_by_value,
+        round_=tf.round,
+    )
 
 
 def train_dataset(images, scale, patch_size, batch_size, seed=0, augment=True, patches_per_image=1):
