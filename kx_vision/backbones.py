@@ -13,13 +13,15 @@ _WEIGHT_FILES = {
 
 
 def load_application(name, weights="imagenet", weights_key="model.backbone_weights",
-                     alternative="--set model.backbone_weights=null to train the backbone from scratch", **kwargs):
+                     alternative="set the config key 'model.backbone_weights' to null to train the backbone from scratch",
+                     **kwargs):
     """Build `keras.applications.<name>(include_top=False, weights=weights, **kwargs)`.
 
     `weights` is "imagenet" (downloaded once to ~/.keras/models), `None` (random: for tests and
     training from scratch), or the path of a weights file. A failed download or a missing file
-    raises `WeightsUnavailableError` saying what to do (`weights_key` and `alternative` name the
-    config key to set and the other way out); random weights are never substituted.
+    raises `WeightsUnavailableError` saying what to do (`weights_key` names the config key that takes a
+    weights file, `alternative` the other way out, or None); random weights are never substituted. The
+    message names config keys, not command-line syntax: the library is also used without the CLI.
     """
     if weights not in ("imagenet", None):
         weights = os.fspath(weights)
@@ -38,13 +40,14 @@ def load_application(name, weights="imagenet", weights_key="model.backbone_weigh
         raise WeightsUnavailableError(
             f"could not get the ImageNet weights of {name} ({type(error).__name__}: {error}). "
             f"This machine may be offline. Either copy {file_name} into {cache}/ "
-            f"(keras.applications looks there before downloading), or pass its path "
-            f"(--set {weights_key}=/path/to/file)" + (f", or use {alternative}." if alternative else ".")
+            f"(keras.applications looks there before downloading), or set the config key '{weights_key}' "
+            f"to its path" + (f", or {alternative}." if alternative else ".")
         ) from error
 
 
 def vgg16_feature_extractor(layer_names, weights="imagenet",
-                            alternative="a loss that needs no pretrained network (--set loss.name=l1)"):
+                            alternative="use a loss that needs no pretrained network (set the config key "
+                                        "'loss.name' to l1)"):
     """A frozen VGG16 mapping caffe-preprocessed images (BGR, 0-255, mean removed) to the outputs
     of `layer_names`, e.g. ("block1_conv2", "block2_conv2", "block3_conv3"). `alternative` is the
     way around missing weights that the error suggests (None: there is none)."""

@@ -58,7 +58,8 @@ def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):
         PerceptualLoss(weights="imagenet")
     message = str(info.value)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert "loss.name=l1" in message
+    assert "config key 'loss.name' to l1" in message and "config key 'loss.vgg_weights'" in message
+    assert "--set" not in message  # a library error names config keys, not command-line syntax
 
 
 def test_superres_mse_loss_is_the_mean_squared_error(rng):

@@ -108,7 +108,9 @@ def test_imagenet_backbone_download_failure_is_explained(monkeypatch):
     monkeypatch.setattr(file_utils, "get_file", offline)
     with pytest.raises(WeightsUnavailableError) as info, symbolic():
         UNet(num_classes=2, backbone="mobilenetv2", backbone_weights="imagenet")
-    assert "model.backbone_weights" in str(info.value) and "~/.keras" in str(info.value) or ".keras/models" in str(info.value)
+    message = str(info.value)
+    assert "config key 'model.backbone_weights'" in message and "--set" not in message
+    assert "~/.keras" in message or ".keras/models" in message
 
 
 def test_freeze_plan_by_layer_prefix():

@@ -81,8 +81,8 @@ class StyleTask(Task):
             raise ConfigError("config keys 'loss.content_weight', 'loss.style_weight' and 'loss.tv_weight' are all "
                               "0: the loss would be 0")
         if not config.style_image:
-            raise ConfigError("config key 'style_image' is required: --set style_image=PATH (paintings to try: "
-                              "../shared/data/style)")
+            raise ConfigError("config key 'style_image' is required: the path of the style image (paintings to "
+                              "try: ../shared/data/style)")
         if not os.path.isfile(config.style_image):
             raise ConfigError(f"style image not found: {config.style_image}")
         for key in ("content_layers", "style_layers"):
