@@ -79,3 +79,216 @@ def test_without_tensorflow_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import` raises ImportError
     with pytest.raises(DataError, match=r"tfds:div2k/bicubic_x2:train needs tensorflow-datasets and TensorFlow"):
         next(tfds_source.tfds_images("tfds:div2k/bicubic_x2:train"))
+
+
+# --- tfds sets as training data (`kx_vision.data.tfds_stream`) ---
+
+HEIGHT, WIDTH = 64, 80
+
+
+def _marked(index):
+    """A 64x80 image that says where each pixel comes from: red = the image's index, green = row, blue = column."""
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    return np.stack([np.full((HEIGHT, WIDTH), index), rows, cols], -1).astype(np.uint8)
+
+
+def _mock_sets(tfds, tf, counts, made=None, size=None):
+    """Mock data where split `S` of set `NAME/CONFIG` has `counts[(NAME/CONFIG, S)]` marked images (red = index
+    plus 100 for a `_x4` set), generated lazily one by one (`made` counts them); `size` overrides an image's size
+    (`size(index)` -> (height, width) or None)."""
+    made = [0] if made is None else made
+    signature = {"hr": tf.TensorSpec((None, None, 3), tf.uint8), "lr": tf.TensorSpec((None, None, 3), tf.uint8)}
+
+    def generate(count, offset):
+        for index in range(count):
+            made[0] += 1
+            image = _marked(index + offset)
+            if size and size(index):
+                image = image[: size(index)[0], : size(index)[1]]
+            yield {"hr": image, "lr": image[::2, ::2]}
+
+    def as_dataset(self, split, **kwargs):
+        name = f"{self.name}/{self.builder_config.name}"
+        count, offset = counts[(name, split)], 100 if name.endswith("_x4") else 0
+        return tf.data.Dataset.from_generator(lambda: generate(count, offset), output_signature=signature)
+
+    return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def _config(train, *extra, val="tfds:div2k/bicubic_x2:validation"):
+    from kx_vision import config as config_lib
+    from kx_vision.tasks import superres
+
+    train = ",".join(train) if isinstance(train, list) else train
+    assignments = [f"data.train={train}", f"data.val={val}", "data.patch_size=16", "data.batch_size=4",
+                   "model.num_blocks=1", "model.num_filters=8", "epochs=1", "steps_per_epoch=2",
+                   "optimizer.warmup_steps=0", *extra]
+    return config_lib.load(superres.SuperResConfig, None, assignments)
+
+
+def _dihedrals(patch):
+    """The 8 symmetries of a square `(P, P, C)` patch, in NumPy."""
+    turns = [np.rot90(patch, k) for k in range(4)]
+    return turns + [np.fliplr(t) for t in turns]
+
+
+def _source_of(patch, size=16):
+    """`(image index, top, left, symmetry)` of the marked image crop that `patch` is a symmetry of, else None."""
+    for k, candidate in enumerate(_dihedrals(patch)):
+        index, top, left = (int(v) for v in candidate[0, 0])
+        if top + size <= HEIGHT and left + size <= WIDTH and np.array_equal(candidate, _marked(index % 100)[
+                top : top + size, left : left + size] + np.array([index - index % 100, 0, 0], np.uint8)):
+            return index, top, left, k
+    return None
+
+
+def test_training_streams_crops_of_a_tfds_set_without_holding_it(tmp_path, capsys):
+    """data.train=tfds:...: 2 training steps through the trainer; the batches are dihedral transforms of crops
+    of the mocked images, LR is their bicubic degradation, and a set of 5,000 images is streamed (data.cache=auto
+    stops decoding into memory past data.cache_limit_mib), not read whole."""
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision import trainer
+    from kx_vision.data import tfds_stream, transforms
+    from kx_vision.tasks import superres
+
+    made = [0]
+    counts = {("div2k/bicubic_x2", "train"): 5000, ("div2k/bicubic_x2", "validation"): 1}
+    config = _config(["tfds:div2k/bicubic_x2:train"], "data.patches_per_image=2", "data.cache_limit_mib=0.1")
+    with _mock_sets(tfds, tf, counts, made):
+        data = superres.SuperResTask(config).build_data()
+        assert "streamed from tensorflow-datasets (data.cache=auto" in capsys.readouterr().out
+        stream = data.extras["train_stream"]
+        assert isinstance(stream, tfds_stream.TfdsStream) and made[0] < 20  # the probe stopped at 0.1 MiB
+        sources = []
+        for lr, hr in data.train.take(3):
+            lr, hr = np.asarray(lr), np.asarray(hr)
+            assert lr.shape == (4, 8, 8, 3) and hr.shape == (4, 16, 16, 3) and lr.dtype == np.float32
+            reference = np.asarray(transforms.bicubic_downscale(hr, 2))
+            np.testing.assert_allclose(lr, reference, atol=1.01 / 255)  # LR is this HR patch, degraded
+            for patch in np.round(hr * 255).astype(np.uint8):
+                found = _source_of(patch)
+                assert found is not None, "an HR patch is no symmetry of a crop of a mocked image"
+                sources.append(found)
+        assert len({s[0] for s in sources}) > 1 and len({s[3] for s in sources}) > 1
+        assert made[0] < 300 and stream.decodes < 200  # streamed: a few buffers, not 5,000 images
+        model, summary = trainer.fit(superres.SuperResTask, config, tmp_path / "run", verbose=0)
+    assert np.isfinite(summary["psnr"]) and model.scale == 2
+    assert made[0] < 1000
+
+
+def test_cache_always_gives_the_batches_of_a_folder_of_the_same_images(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from PIL import Image
+
+    from kx_vision.data import streaming
+    from kx_vision.tasks import superres
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    for index in range(3):
+        Image.fromarray(_marked(index)).save(tmp_path / "train" / f"{index}.png")
+    Image.fromarray(_marked(0)).save(tmp_path / "val" / "0.png")
+    counts = {("div2k/bicubic_x2", "train"): 3, ("div2k/bicubic_x2", "validation"): 1}
+    with _mock_sets(tfds, tf, counts):
+        from_tfds = superres.SuperResTask(_config(["tfds:div2k/bicubic_x2:train"], "data.cache=always")).build_data()
+        stream = from_tfds.extras["train_stream"]
+        assert isinstance(stream, streaming.PatchStream) and stream.cached and len(stream) == 3
+        tfds_batches = [[np.asarray(t) for t in pair] for pair in from_tfds.train.take(2)]
+        mixed = superres.SuperResTask(_config([str(tmp_path / "train"), "tfds:div2k/bicubic_x2:train"],
+                                              "data.cache=always")).build_data()
+        assert len(mixed.extras["train_stream"]) == 6  # folders and tfds sets mix in memory
+    folder = superres.SuperResTask(_config([str(tmp_path / "train")], "data.cache=always",
+                                           val=str(tmp_path / "val"))).build_data()
+    for (lr_a, hr_a), (lr_b, hr_b) in zip(tfds_batches, folder.train.take(2)):
+        np.testing.assert_array_equal(hr_a, np.asarray(hr_b))
+        np.testing.assert_array_equal(lr_a, np.asarray(lr_b))
+    np.testing.assert_array_equal(from_tfds.extras["val_pairs"][0][1], folder.extras["val_pairs"][0][1])
+
+
+def test_a_pass_visits_every_image_of_every_set_once():
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision.data import tfds_stream
+
+    counts = {("div2k/bicubic_x2", "train"): 5, ("div2k/bicubic_x4", "train"): 3}
+    with _mock_sets(tfds, tf, counts):
+        stream = tfds_stream.TfdsStream(["tfds:div2k/bicubic_x2", "tfds:div2k/bicubic_x4:train"], 16, 4, seed=1)
+        passes = {}
+        for pass_index, position, data, _ in stream.examples().take(16):
+            image = tf.io.decode_image(data, channels=3).numpy()
+            passes.setdefault(int(pass_index), []).append((int(position), int(image[0, 0, 0])))
+    expected = [0, 1, 2, 3, 4, 100, 101, 102]
+    for pass_index in (0, 1):
+        positions, indices = zip(*passes[pass_index])
+        assert list(positions) == list(range(8)) and sorted(indices) == expected
+    assert [i for _, i in passes[0]] != [i for _, i in passes[1]]  # shuffled afresh each pass
+
+
+def test_small_images_skipped_and_reported_or_stopping(capsys):
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision.data import tfds_stream
+
+    counts = {("div2k/bicubic_x2", "train"): 4}
+    small = lambda index: (12, 40) if index in (1, 3) else None  # noqa: E731
+    with _mock_sets(tfds, tf, counts, size=small):
+        stream, _ = tfds_stream.open_stream(["tfds:div2k/bicubic_x2:train"], 16, 4, "tf_data", cache="never",
+                                            skip_small=True)
+        for _, hr in stream.dataset(2, augment=False, steps_per_epoch=2).take(2):
+            assert {_source_of(p)[0] for p in np.round(np.asarray(hr) * 255).astype(np.uint8)} <= {0, 2}
+        assert stream.small >= 2
+        printed = capsys.readouterr().out
+        assert "skipped" in printed and "smaller than the 16x16 patch" in printed and "is 40x12" in printed
+        stream, _ = tfds_stream.open_stream(["tfds:div2k/bicubic_x2:train"], 16, 4, "tf_data", cache="never")
+        with pytest.raises(Exception, match=r"is 40x12, smaller than the 16x16 patch size; .*data.skip_small=true"):
+            list(stream.dataset(2).take(3))
+        with pytest.raises(DataError, match=r"training image 1 of tfds:div2k/bicubic_x2:train is 40x12"):
+            tfds_stream.open_stream(["tfds:div2k/bicubic_x2:train"], 16, 4, "tf_data", cache="always")
+    with _mock_sets(tfds, tf, counts, size=lambda index: (12, 40)):
+        stream, _ = tfds_stream.open_stream(["tfds:div2k/bicubic_x2:train"], 16, 4, "tf_data", cache="never",
+                                            skip_small=True)
+        with pytest.raises(Exception, match="no training image of tfds:div2k/bicubic_x2:train is at least 16"):
+            list(stream.dataset(2).take(1))
+
+
+def test_tfds_training_needs_tf_data_and_streams_no_mix(tmp_path, monkeypatch):
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision.data import tfds_stream
+    from kx_vision.errors import ConfigError
+    from kx_vision.tasks import superres
+
+    config = _config(["tfds:div2k/bicubic_x2:train"], "data.pipeline=numpy")
+    with pytest.raises(ConfigError, match=r"config key 'data.train': 'tfds:div2k/bicubic_x2:train' is a "
+                                          r"tensorflow-datasets set, which needs TensorFlow and tensorflow-datasets "
+                                          r"installed and data.pipeline=tf_data \(or auto\) \(data.pipeline is numpy\)"):
+        superres.SuperResTask(config).build_data()
+    (tmp_path / "a.png").write_bytes(b"")
+    from PIL import Image
+
+    Image.fromarray(_marked(0)).save(tmp_path / "a.png")
+    with _mock_sets(tfds, tf, {("div2k/bicubic_x2", "train"): 2}):
+        with pytest.raises(ConfigError, match=r"'data.train' mixes image folders .* only when held in memory"):
+            tfds_stream.open_stream([str(tmp_path), "tfds:div2k/bicubic_x2:train"], 16, 4, "tf_data", cache="never")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ConfigError, match=r"\(tensorflow_datasets not installed\)"):
+        tfds_stream.check_pipeline(["data/x", "tfds:div2k"], "tf_data")
+    tfds_stream.check_pipeline(["data/x"], "numpy")  # folders only: nothing to say
+
+
+def test_streams_tfds_own_mock_examples_left_encoded():
+    """tfds's random mock examples of DIV2K's real features: the stream reads them encoded (PNG bytes, with
+    their tfds_id) and decodes them itself."""
+    pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision.data import tfds_stream
+
+    with tfds.testing.mock_data(num_examples=3):
+        stream, note = tfds_stream.open_stream(["tfds:div2k/bicubic_x2"], 16, 2, "tf_data", cache="never")
+        dataset, key, has_id, count = stream.sources[0]
+        assert dataset.element_spec[key].dtype.name == "string" and has_id and count == 3
+        assert note.startswith("3 training images of tfds:div2k/bicubic_x2, streamed")
+        lr, hr = (np.asarray(t) for t in next(iter(stream.dataset(2, augment=False))))
+    assert lr.shape == (2, 8, 8, 3) and hr.shape == (2, 16, 16, 3) and 0 <= hr.min() <= hr.max() <= 1

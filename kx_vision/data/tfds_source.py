@@ -35,15 +35,25 @@ def parse(spec, default_split="train"):
     return name, split or default_split
 
 
-def load(name, split):
-    """The `tf.data.Dataset` of one split, in the order of its files, or one `DataError` saying why not."""
+def load(name, split, stream_seed=None):
+    """The `tf.data.Dataset` of one split, in the order of its files, or one `DataError` saying why not.
+
+    With `stream_seed` (training streams, `kx_vision.data.tfds_stream`): the files' order is shuffled
+    (seeded), every example carries its `tfds_id`, tfds's own in-memory cache of small sets is off, and
+    image features stay encoded (`tfds.decode.SkipDecoding`: a shuffle buffer then holds compressed images)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise DataError(f"tfds:{name}:{split} needs tensorflow-datasets and TensorFlow ({error}); on a machine "
                         "without them, use a folder of images") from None
     try:
-        return tfds.load(name, split=split, shuffle_files=False)
+        if stream_seed is None:
+            return tfds.load(name, split=split, shuffle_files=False)
+        features = tfds.builder(name).info.features
+        decoders = {key: tfds.decode.SkipDecoding() for key, feature in features.items()
+                    if isinstance(feature, tfds.features.Image)}
+        read_config = tfds.ReadConfig(shuffle_seed=int(stream_seed), try_autocache=False, add_tfds_id=True)
+        return tfds.load(name, split=split, shuffle_files=True, decoders=decoders, read_config=read_config)
     except Exception as error:  # noqa: BLE001 - download / missing-data / unknown-name failures become one message
         raise DataError(
             f"cannot load tensorflow-datasets set {name!r} (split {split!r}): {error}. "

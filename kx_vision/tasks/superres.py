@@ -114,25 +114,30 @@ class SuperResTask(Task):
         (`data.cache`; `kx_vision.data.streaming`), through tf.data (`kx_vision.data.superres`) or, without
         TensorFlow, `kx_vision.data.arrays`; validation on whole images, held in memory
         (`extras["val_pairs"]` for the report; `extras["train_stream"]` counts unreadable files)."""
-        from kx_vision.data import arrays, resolve_pipeline, streaming
+        from kx_vision.data import arrays, resolve_pipeline, streaming, tfds_stream
         from kx_vision.data import superres as sr_data  # imports TensorFlow only where it is installed
 
         config, data = self.config, self.config.data
         pipeline = resolve_pipeline(data.pipeline)
-        stream, note = streaming.open_stream(data.train, data.patch_size, data.batch_size,
-                                             patches_per_image=data.patches_per_image, seed=config.seed,
-                                             cache=data.cache, cache_limit_mib=data.cache_limit_mib,
-                                             skip_small=data.skip_small, what="training image")
+        options = dict(patches_per_image=data.patches_per_image, seed=config.seed, cache=data.cache,
+                       cache_limit_mib=data.cache_limit_mib, skip_small=data.skip_small, what="training image")
+        if tfds_stream.any_tfds(data.train):  # `tfds:` sets (kx_vision.data.tfds_stream): tf.data only
+            stream, note = tfds_stream.open_stream(data.train, data.patch_size, data.batch_size, pipeline, **options)
+        else:
+            stream, note = streaming.open_stream(data.train, data.patch_size, data.batch_size, **options)
         print(f"training data: {note}")
-        val_images = sr_data.load_folders(data.val, what="validation image")
+        val_images = tfds_stream.load_images(data.val, what="validation image")  # folders and `tfds:` sets
         pairs = sr_data.validation_pairs(val_images, config.scale)
         extras = {"val_pairs": pairs, "train_stream": stream}
         if pipeline == "numpy":
             train = arrays.SuperResPatches(stream, config.scale, steps_per_epoch=config.steps_per_epoch,
                                            augment=data.augment, workers=arrays.default_workers())
             return DataBundle(train, arrays.Pairs(pairs), config.steps_per_epoch, endless=False, extras=extras)
-        train = sr_data.stream_dataset(stream, config.scale, augment=data.augment,
-                                       steps_per_epoch=config.steps_per_epoch)
+        if isinstance(stream, tfds_stream.TfdsStream):
+            train = stream.dataset(config.scale, augment=data.augment, steps_per_epoch=config.steps_per_epoch)
+        else:
+            train = sr_data.stream_dataset(stream, config.scale, augment=data.augment,
+                                           steps_per_epoch=config.steps_per_epoch)
         return DataBundle(train, sr_data.pairs_dataset(pairs), config.steps_per_epoch, endless=True, extras=extras)
 
     def report(self, model, data):
