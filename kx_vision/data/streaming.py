@@ -39,6 +39,7 @@ import threading
 
 import numpy as np
 
+from kx_vision.data.definitions import NUM_DIHEDRAL
 from kx_vision.errors import DataError
 
 CACHE_MODES = ("auto", "always", "never")
@@ -272,7 +273,7 @@ class PatchStream:
                             f"{size}x{size} patch size; remove it or lower the patch size")
         tops = rng.integers(height - size + 1, size=count)
         lefts = rng.integers(width - size + 1, size=count)
-        dihedral = rng.integers(8, size=count).astype(np.int32)
+        dihedral = rng.integers(NUM_DIHEDRAL, size=count).astype(np.int32)
         patches = np.stack([image[top : top + size, left : left + size] for top, left in zip(tops, lefts)])
         return patches, dihedral
 
