@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from testing import run_serialization_test
 
 from kx_vision.errors import WeightsUnavailableError
 from kx_vision.losses import PerceptualLoss, to_caffe
@@ -28,10 +29,10 @@ def test_perceptual_loss_values(rng):
 
 
 def test_perceptual_loss_serializes():
+    # Config only: with weights=None each instance draws its own random VGG16, so values differ by design.
     loss = PerceptualLoss(weights=None, layer_names=("block1_conv2",), layer_weights=(1.0,))
-    config = keras.losses.serialize(loss)
-    restored = keras.losses.deserialize(config)
-    assert isinstance(restored, PerceptualLoss) and restored.layer_names == ("block1_conv2",)
+    restored = run_serialization_test(loss)
+    assert restored.layer_names == ("block1_conv2",)
 
 
 def test_perceptual_loss_weights_from_file(tmp_path, rng):
