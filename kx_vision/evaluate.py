@@ -11,6 +11,11 @@ rounded to 8 bits, Y-PSNR / Y-SSIM (BT.601) with a border of `scale` pixels shav
 `--data` is an image folder (Set5, Set14, BSD100, Urban100, ...) or `tfds:NAME[:SPLIT]` for a
 tensorflow-datasets set (its `hr` or `image` feature is the HR image).
 
+Both commands read, predict and score one image at a time (its rows or confusion-matrix counts kept, its
+pixels not), so memory does not grow with the number of images of a folder (a `tfds:` set is still loaded
+whole); unreadable files are skipped with a warning and counted, and an image and mask of different sizes
+stop the run before any prediction.
+
 `--save-examples DIR` writes what the numbers measure, as lossless PNGs (`kx_vision.visualize`): for
 super-resolution, per image, bicubic | model | ground truth with their Y-PSNR, and a zoomed crop of each
 (`<name>_x<scale>_<psnr>dB.png`); for segmentation, per image, the image, the truth and the prediction in
@@ -31,33 +36,49 @@ from kx_vision.errors import KxVisionError
 # Nothing above imports Keras, TensorFlow or JAX: `--help` prints at once. The commands import them.
 
 
-def load_hr_images(data, limit=None):
-    """`(names, images)`: uint8 RGB arrays from a folder or a `tfds:` dataset."""
+def iter_hr_images(data, limit=None):
+    """An iterator of `(name, image)` uint8 RGB arrays from a folder or a `tfds:` dataset. A folder is listed
+    at once (a missing one is named here) and its files decoded one at a time, when asked for
+    (`images.iter_images`: unreadable ones skipped with a warning, counted at the end), so that evaluating a
+    large set holds one decoded image, not the set."""
     from kx_vision.data import tfds_source
 
     if tfds_source.is_tfds(data):
-        return tfds_source.load_tfds_images(data, limit, default_split="validation")
-    from kx_vision.data.images import list_images, load_images
+        return zip(*tfds_source.load_tfds_images(data, limit, default_split="validation"))
+    from kx_vision.data.images import iter_images, list_images
 
     paths = list_images([p for p in data.split(",") if p])
     if limit:
         paths = paths[:limit]
-    images, kept = load_images(paths, what="evaluation image")
-    return [os.path.basename(p) for p in kept], images
+    return ((os.path.basename(path), image) for path, image in iter_images(paths, what="evaluation image"))
+
+
+def load_hr_images(data, limit=None):
+    """`(names, images)`: all of `iter_hr_images`, in lists."""
+    items = list(iter_hr_images(data, limit))
+    return [name for name, _ in items], [image for _, image in items]
 
 
 def evaluate(predict, names, images, scale, self_ensemble=False, save_examples=None):
-    """Per-image rows `{"image", "psnr", "ssim", "psnr_rgb"}` and their mean. With `save_examples` (a
-    folder), each image's `visualize.superres_strip` is written there too, and its row gets the file
-    (`"example"`) and the Y-PSNR of bicubic upscaling (`"bicubic_psnr"`)."""
+    """Per-image rows `{"image", "psnr", "ssim", "psnr_rgb"}` and their mean (`score_superres` over `names`
+    and `images`)."""
+    return score_superres(predict, zip(names, images), scale, self_ensemble, save_examples)
+
+
+def score_superres(predict, items, scale, self_ensemble=False, save_examples=None):
+    """Per-image rows `{"image", "psnr", "ssim", "psnr_rgb"}` and their mean, over `(name, image)` items
+    taken one at a time (an iterator such as `iter_hr_images`: only the image being scored is held). With
+    `save_examples` (a folder), each image's `visualize.superres_strip` is written there too, and its row gets
+    the file (`"example"`) and the Y-PSNR of bicubic upscaling (`"bicubic_psnr"`)."""
     from kx_vision import inference, metrics
     from kx_vision.data import transforms
 
     if self_ensemble:
         predict = inference.self_ensemble(predict)
     rows, taken = [], set()
-    for name, image in zip(names, images):
+    for name, image in items:
         hr = transforms.crop_to_multiple(image, scale)[None].astype(np.float32) / 255.0
+        del image
         if min(hr.shape[1:3]) < scale * 2 + 11:
             raise KxVisionError(f"evaluation image {name} is too small for x{scale} scoring")
         lr = np.asarray(transforms.bicubic_downscale(hr, scale))
@@ -72,6 +93,7 @@ def evaluate(predict, names, images, scale, self_ensemble=False, save_examples=N
         )
         if save_examples:
             rows[-1].update(_save_superres_example(save_examples, rows[-1], lr[0], sr, hr, scale, taken))
+        del hr, lr, sr  # before the next image is decoded
     mean = {key: float(np.mean([r[key] for r in rows])) for key in ("psnr", "ssim", "psnr_rgb")}
     return rows, mean
 
@@ -206,10 +228,11 @@ def class_names(args):
 
 
 def evaluate_segmentation(args):
-    """Scores of a segmentation model on image/mask folders, each image at its own size."""
-    from kx_vision.data.masks import find_pairs, load_pairs
+    """Scores of a segmentation model on image/mask folders, each image at its own size, read, predicted and
+    counted one at a time (memory does not grow with the number of images)."""
+    from kx_vision.data.masks import PairReader, find_pairs, iter_pairs
     from kx_vision.inference import as_predict_fn, check_task, checked_output
-    from kx_vision.metrics import confusion_matrix, scores_from_confusion
+    from kx_vision.metrics import scores_from_confusion
     from kx_vision.models.loading import load_model
 
     names, source = class_names(args)
@@ -220,16 +243,16 @@ def evaluate_segmentation(args):
     pairs = find_pairs([p for p in args.images.split(",") if p], [p for p in args.masks.split(",") if p])
     if args.limit:
         pairs = pairs[: args.limit]
-    images, masks = load_pairs(pairs, args.num_classes, args.ignore_class, args.mask_divisor)
-    batches = ((image[None].astype(np.float32) / 255.0, mask[None]) for image, mask in zip(images, masks))
+    # Every file's header, nothing decoded: an image and a mask of different sizes stop here, before any
+    # prediction, with the `DataError` that decoding them would give.
+    PairReader(pairs, args.num_classes, args.ignore_class, args.mask_divisor, what="evaluation")
     predict = checked_output(as_predict_fn(model), args.model, "segmentation", channels=args.num_classes)
+    save = None
     if args.save_examples:
-        # Pairs that could not be read were skipped (with a warning): name the files by the images kept.
-        stems = [os.path.basename(image) for image, _ in pairs] if len(pairs) == len(images) else \
-            [f"image_{i:04d}" for i in range(len(images))]
-        predict = _saving_segmentation_examples(predict, examples_folder(args.save_examples), stems, images, masks,
-                                                args.ignore_class, names)
-    cm = confusion_matrix(predict, batches, args.num_classes, args.ignore_class)
+        save = _segmentation_example_writer(examples_folder(args.save_examples), args.ignore_class, names)
+    cm, count = segmentation_confusion(
+        predict, iter_pairs(pairs, args.num_classes, args.ignore_class, args.mask_divisor), args.num_classes,
+        args.ignore_class, on_prediction=save)
     scores = scores_from_confusion(cm, names)
     scores["class_names_from"] = source
     if args.save_examples:
@@ -238,30 +261,55 @@ def evaluate_segmentation(args):
         ignored = f"class {args.ignore_class} ignored" if args.ignore_class is not None else None
         scores["confusion_matrix_png"] = visualize.save_confusion_matrix(
             cm, os.path.join(args.save_examples, "confusion_matrix.png"), names, ignored)
-    return scores, len(images)
+    return scores, count
 
 
-def _saving_segmentation_examples(predict, folder, stems, images, masks, ignore_class, class_names):
-    """`predict`, which also writes the image, truth and prediction of each image it is given, in the order
-    of `images` (as `metrics.confusion_matrix` calls it: once per image), to `folder/<stem>.png`."""
+def segmentation_confusion(predict, pairs, num_classes, ignore_class=None, on_prediction=None):
+    """`(cm, count)`: the confusion matrix (int64; rows truth, columns prediction; `metrics.confusion_matrix`)
+    of `predict` over `(name, image, mask)` items, taken one at a time (an iterator such as `masks.iter_pairs`:
+    only the pair being scored is held), and how many there were. Each image is one batch, at its own size;
+    `on_prediction(name, image, mask, probabilities)` is called after each."""
+    from kx_vision.metrics import confusion_matrix
+
+    count, last = [0], []
+
+    def predict_and_keep(batch):
+        last[:] = [predict(batch)]
+        return last[0]
+
+    def batches():
+        for name, image, mask in pairs:
+            yield image[None].astype(np.float32) / 255.0, mask[None]
+            # Resumed once the batch is predicted and counted (after the last one too).
+            if on_prediction is not None:
+                on_prediction(name, image, mask, last[0])
+            last.clear()
+            count[0] += 1
+            del image, mask  # before the next pair is decoded
+
+    cm = confusion_matrix(predict_and_keep if on_prediction is not None else predict, batches(), num_classes,
+                          ignore_class)
+    return cm, count[0]
+
+
+def _segmentation_example_writer(folder, ignore_class, class_names):
+    """`on_prediction` for `segmentation_confusion`: writes the image, its truth and the prediction in class
+    colours, and a legend of the classes shown, to `folder/<image stem>.png`."""
     from kx_vision import visualize
 
-    taken, calls = set(), iter(range(len(images)))
+    taken = set()
     names = class_names or [str(k) for k in range(len(visualize.PALETTE))]
 
-    def predict_and_save(batch):
-        probabilities = predict(batch)
-        i = next(calls)
+    def save(name, image, mask, probabilities):
         labels = visualize.class_ids(probabilities)[0]
-        panels, captions = visualize.segmentation_row(images[i], masks[i], labels, ignore_class)
-        shown = sorted(set(np.unique(labels).tolist()) | (set(np.unique(masks[i]).tolist()) - {ignore_class}))
+        panels, captions = visualize.segmentation_row(image, mask, labels, ignore_class)
+        shown = sorted(set(np.unique(labels).tolist()) | (set(np.unique(mask).tolist()) - {ignore_class}))
         panels.append(visualize.legend([names[k] for k in shown], visualize.PALETTE[shown],
-                                       max_height=images[i].shape[0]))
+                                       max_height=image.shape[0]))
         visualize.save_png(visualize.grid([panels], [captions + [None]]),
-                           os.path.join(folder, f"{example_name(stems[i], taken)}.png"))
-        return probabilities
+                           os.path.join(folder, f"{example_name(os.path.basename(name), taken)}.png"))
 
-    return predict_and_save
+    return save
 
 
 def main_segmentation(args):
@@ -283,9 +331,9 @@ def main_superres(args):
     from kx_vision.inference import resolve_superres_model
 
     predict, scale = resolve_superres_model(args.model, args.scale)
-    names, images = load_hr_images(args.data, args.limit)
+    items = iter_hr_images(args.data, args.limit)
     folder = examples_folder(args.save_examples) if args.save_examples else None
-    rows, mean = evaluate(predict, names, images, scale, args.self_ensemble, save_examples=folder)
+    rows, mean = score_superres(predict, items, scale, args.self_ensemble, save_examples=folder)
     print(f"{args.model} x{scale}{' (self-ensemble)' if args.self_ensemble else ''} on {args.data}")
     print(format_table(rows, mean))
     if folder:

@@ -259,11 +259,16 @@ def confusion_matrix(predict, batches, num_classes, ignore_class=None):
     Keras's `MeanIoU`, which skips `ignore_class` pixels."""
     classes = max(num_classes, 2)
     metric = keras.metrics.MeanIoU(classes, ignore_class=ignore_class, sparse_y_pred=True)
+    total = np.zeros((classes, classes), np.int64)
     for images, masks in batches:
         probs = np.asarray(predict(images))
         labels = (probs[..., 0] >= 0.5).astype(np.int32) if num_classes == 1 else probs.argmax(-1)
         metric.update_state(np.asarray(masks).reshape(labels.shape), labels)
-    return np.asarray(keras.ops.convert_to_numpy(metric.total_cm), dtype=np.int64)
+        # Summed here in int64, batch by batch: on JAX the metric counts in int32 (int64 needs jax_enable_x64),
+        # which wraps beyond 2**31 pixels a cell (about a thousand Carvana images of background).
+        total += np.asarray(keras.ops.convert_to_numpy(metric.total_cm), dtype=np.int64)
+        metric.reset_state()
+    return total
 
 
 def scores_from_confusion(cm, class_names=None):

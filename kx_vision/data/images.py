@@ -167,21 +167,32 @@ def load_images(paths, min_size=None, what="image", skip_small=False):
     Returns:
         (arrays, kept_paths).
     """
-    arrays, kept, skipped, small = [], [], [], []
+    arrays, kept = [], []
+    for path, array in iter_images(paths, min_size, what, skip_small):
+        arrays.append(array)
+        kept.append(path)
+    return arrays, kept
+
+
+def iter_images(paths, min_size=None, what="image", skip_small=False):
+    """`load_images` one image at a time: yields `(path, array)`, decoding each file when asked for, so that
+    only the image in use is in memory (evaluation of a large set). The same warnings and errors; the count
+    of skipped files, and `DataError` if none could be read, come once the paths are exhausted."""
+    paths = list(paths)
+    skipped, small, found = [], [], False
     for path in paths:
         try:
             array = load_image(path)
         except DataError as error:
-            warnings.warn(f"skipping {what}: {error}", stacklevel=2)
+            warnings.warn(f"skipping {what}: {error}", stacklevel=3)
             skipped.append(path)
             continue
         if not _big_enough(path, array.shape[1], array.shape[0], min_size, what, skip_small):
             small.append(path)
             continue
-        arrays.append(array)
-        kept.append(path)
-    _report_skipped(paths, skipped, small, min_size, what, found=bool(arrays))
-    return arrays, kept
+        found = True
+        yield path, array
+    _report_skipped(paths, skipped, small, min_size, what, found=found)
 
 
 def scan_images(paths, min_size=None, what="image", skip_small=False, workers=None):

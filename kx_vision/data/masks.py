@@ -160,10 +160,23 @@ def load_pairs(pairs, num_classes, ignore_class=None, divisor=1):
     outside the classes, or whose size differs from its image's, stops with a `DataError` naming it:
     that is a mistake in the data set, not a damaged file.
     """
-    images, masks, skipped = [], [], []
+    images, masks = [], []
+    for _, image, mask in iter_pairs(pairs, num_classes, ignore_class, divisor):
+        images.append(image)
+        masks.append(mask)
+    return images, masks
+
+
+def iter_pairs(pairs, num_classes, ignore_class=None, divisor=1):
+    """`load_pairs` one pair at a time: yields `(image_path, image, mask)`, decoding each pair when asked
+    for, so that only the pair in use is in memory (evaluation of a large set). The same warnings and
+    errors; the count of skipped pairs, and `DataError` if none could be read, come once the pairs are
+    exhausted."""
+    pairs = list(pairs)
+    skipped, found = [], False
 
     def skip(path, error):
-        warnings.warn(f"skipping image/mask pair {path}: {error}", stacklevel=3)
+        warnings.warn(f"skipping image/mask pair {path}: {error}", stacklevel=4)
         skipped.append(path)
 
     for image_path, mask_path in pairs:
@@ -179,15 +192,14 @@ def load_pairs(pairs, num_classes, ignore_class=None, divisor=1):
             continue
         if image.shape[:2] != mask.shape:
             raise _size_mismatch(image_path, image.shape[1::-1], mask_path, mask.shape[::-1])
-        images.append(image)
-        masks.append(mask)
+        found = True
+        yield image_path, image, mask
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image/mask pair(s) of {len(pairs)}", stacklevel=2)
-    if not images:
+        warnings.warn(f"skipped {len(skipped)} unreadable image/mask pair(s) of {len(pairs)}", stacklevel=3)
+    if not found:
         if skipped:
             raise DataError(f"none of the {len(pairs)} image/mask pairs could be read (first: {pairs[0][0]})")
         raise DataError("no image/mask pairs")
-    return images, masks
 
 
 def _header_size(path):
