@@ -43,7 +43,8 @@ SUPER_RESOLUTION = [
 Lesson 14 of fast.ai's 2018 course turns a low-resolution photo into a sharper one with a residual network
 (EDSR, without batch norm), sub-pixel upsampling and, later, a perceptual loss. Here we do the same with
 `kx_vision`: look at the data and its paired augmentation, see why the upsampling layer is initialised with
-ICNR, train, compare against bicubic interpolation, grow the x2 model into a x4 one, and export it.
+ICNR, train, compare against bicubic interpolation, compare training losses (MSE, L1 and, where VGG16's
+weights are at hand, the feature loss), grow the x2 model into a x4 one, and export it.
 
 Set `KX_VISION_FAST=1` for a quick run (a tiny model trained for about a minute on a CPU, still better
 than bicubic); without it the notebook trains the defaults of `python -m kx_vision.train superres`."""),
@@ -99,8 +100,8 @@ from kx_vision import trainer
 
 settings = (["model.num_blocks=2", "model.num_filters=16", "data.batch_size=16", "optimizer.learning_rate=2e-3",
              "optimizer.warmup_steps=20"] if FAST else [])
-config_x2 = config_lib.load(superres.Config, None, settings + (
-    ["data.patch_size=32", "epochs=2", "steps_per_epoch=500"] if FAST else []))
+settings_x2 = settings + (["data.patch_size=32", "epochs=2", "steps_per_epoch=500"] if FAST else [])
+config_x2 = config_lib.load(superres.Config, None, settings_x2)  # loss.name=l1, the task's default
 model_x2, summary = trainer.fit(superres, config_x2, os.path.join(RUNS, "x2"), verbose=0)'''),
     ("md", """## Look at the result
 
@@ -121,6 +122,59 @@ scores = [float(psnr(val_hr, x, shave=2, quantize=True)[0]) for x in (bicubic, p
 window = (slice(None), slice(60, 160), slice(60, 160))
 show([bicubic[window][0], predicted[window][0], val_hr[window][0]],
      [f"bicubic {scores[0]:.2f} dB", f"model {scores[1]:.2f} dB", "ground truth"], size=2.6)'''),
+    ("md", """## Which loss: MSE, L1 or VGG16 features
+
+The lesson's question: what should the model minimise? MSE is the error PSNR measures; L1, the task's
+default (`loss.name=l1`), is EDSR's choice; the lesson's feature (perceptual) loss compares VGG16 activations
+of the prediction and the truth instead of their pixels (`loss.name=perceptual`). The x2 model above trained
+with L1. Below, the same tiny model trains on the same data for the same steps from the same seed with MSE,
+and with the feature loss where VGG16's ImageNet weights are already on this machine (this notebook does not
+download them)."""),
+    ("code", '''VGG16_FILE = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models",
+                          "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")  # where keras.applications keeps it
+compared = ["mse", "l1"] + (["perceptual"] if os.path.isfile(VGG16_FILE) else [])
+if "perceptual" in compared:
+    print(f"VGG16 ImageNet weights: found in {VGG16_FILE}; the feature loss trains too")
+else:
+    print(f"No feature-loss model: VGG16's ImageNet weights are not in {VGG16_FILE}; comparing MSE and L1")'''),
+    ("code", '''loss_models = {"l1": model_x2}  # trained above
+for name in compared:
+    if name not in loss_models:
+        extra = [f"loss.name={name}"] + ([f"loss.vgg_weights={VGG16_FILE}"] if name == "perceptual" else [])
+        loss_models[name], _ = trainer.fit(superres, config_lib.load(superres.Config, None, settings_x2 + extra),
+                                           os.path.join(RUNS, f"x2_{name}"), verbose=0)'''),
+    ("md", """Mean Y-PSNR and Y-SSIM over the validation images (2-pixel border shaved, outputs rounded to 8 bits,
+as above), then the central 80 x 80 pixels of one of them, enlarged 2x, with the scores of that crop. PSNR
+and SSIM reward the average pixel; look at the edges and textures as well."""),
+    ("code", '''from IPython.display import Image as PNG
+from kx_vision import visualize
+from kx_vision.metrics import ssim
+
+upscaled = {"bicubic": [np.asarray(transforms.bicubic_upscale(lr, 2)) for lr, _ in val_pairs]}
+upscaled.update({name: [loss_models[name].predict(lr, verbose=0) for lr, _ in val_pairs] for name in compared})
+truths = [hr for _, hr in val_pairs]
+
+
+def quality(truth, image):
+    """Y-PSNR (dB) and Y-SSIM of one image, scale-wide border shaved, rounded to 8 bits."""
+    return (float(psnr(truth, image, shave=2, quantize=True)[0]), float(ssim(truth, image, shave=2, quantize=True)[0]))
+
+
+print(f"x2 on {len(val_pairs)} validation images (mean Y-PSNR in dB, mean Y-SSIM)")
+print(f"{'loss':<11s} {'PSNR':>6s}  {'SSIM':>6s}")
+for name, images in upscaled.items():
+    scores = np.mean([quality(truth, image) for truth, image in zip(truths, images)], axis=0)
+    print(f"{name:<11s} {scores[0]:6.2f}  {scores[1]:6.4f}")
+
+truth_crop = visualize.center_crop(truths[0][0], 80, 80)  # the first validation image
+panels, captions = [], []
+for name, images in upscaled.items():
+    crop = visualize.center_crop(images[0][0], 80, 80)
+    crop_psnr, crop_ssim = quality(truth_crop[None], crop[None])
+    panels.append(crop)
+    captions.append(f"{name} {crop_psnr:.2f} dB {crop_ssim:.3f}")
+panels, captions = panels + [truth_crop], captions + ["ground truth"]
+PNG(visualize.png_bytes(visualize.grid([[visualize.zoom(visualize.to_uint8(p), 2) for p in panels]], [captions])))'''),
     ("md", """## Grow x2 into x4
 
 The lesson's progressive resizing: a x4 model reuses every layer of the x2 one that it shares by name
@@ -247,8 +301,8 @@ SEGMENTATION = [
 
 CamVid labels every pixel of street scenes with one of 11 classes (plus "void", ignored). The lesson first
 puts a naive upsampling head on a pretrained encoder, then builds a U-Net whose decoder re-uses the encoder's
-intermediate activations. Here: masks over frames, both models trained briefly, dice / IoU per class,
-progressive resizing, and predictions.
+intermediate activations. Here: masks over frames, the naive head, the lesson's U-Net and the library's
+default U-Net trained briefly, dice / IoU per class, progressive resizing, and predictions.
 
 Set `KX_VISION_FAST=1` for a quick run on the 16 sample frames shipped in the package (12 to train, 4 to
 validate) with a small encoder trained from scratch; without it the notebook uses ResNet50 with ImageNet weights (downloaded once) and CamVid from
@@ -271,12 +325,15 @@ palette = plt.get_cmap("tab20")(np.arange(12))[:, :3]
 overlays = [0.55 * f / 255 + 0.45 * palette[m.reshape(f.shape[:2])] for f, m in zip(frames, masks)]
 show(overlays, [Path(p[0]).name for p in pairs], size=3)
 print("classes:", ", ".join(seg_task.CAMVID_CLASSES))'''),
-    ("md", """## The naive head, then the U-Net
+    ("md", """## The naive head, then two U-Nets
 
-Both train with the same loss, data, steps and learning rate; only the decoder changes. The naive head
+All three train with the same loss, data, steps and learning rate; only the decoder changes. The naive head
 upsamples the encoder's last feature map, 32 times smaller than the image, with transposed convolutions: it
-can only paint blocks of 32 x 32 pixels. The U-Net adds skip connections from every encoder stage (found
-automatically from the encoder's layer shapes) and a last cross-connection to the input image.
+can only paint blocks of 32 x 32 pixels. A U-Net adds skip connections from every encoder stage (found
+automatically from the encoder's layer shapes). Two decoders: the lesson's `UnetBlock`
+(`model.decoder=lesson`: a transposed convolution up, a 1x1 convolution on the skip, the two concatenated,
+ReLU and batch norm), and the library's default, later fastai's `DynamicUnet` (`model.decoder=fastai`:
+pixel shuffle with ICNR, two 3x3 convolutions per stage, and a last cross-connection to the input image).
 
 The loss is the lesson's: cross-entropy, void pixels ignored (`loss.dice_weight=0`; the library's default adds
 a soft dice term, which helps rare classes over long runs but makes a short run from scratch noisy). In the
@@ -308,33 +365,62 @@ encoder = (["model.backbone=simple", "model.backbone_weights=null", "model.max_f
 common = folders + encoder + ["loss.dice_weight=0", "optimizer.warmup_steps=10"]
 small = common + (["data.image_size=32,48", "data.batch_size=4", "epochs=60", "optimizer.learning_rate=3e-3"] if FAST
                   else ["data.image_size=180,240", "epochs=12"])
+decoders = {"upsample_head": ["model.architecture=upsample_head"],
+            "unet (lesson)": ["model.architecture=unet", "model.decoder=lesson"],
+            "unet (fastai)": ["model.architecture=unet", "model.decoder=fastai"]}
 models, results = {}, {}
-for architecture in ("upsample_head", "unet"):
-    models[architecture], results[architecture] = train_briefly(small + [f"model.architecture={architecture}"])
-    print(f"{architecture:14s} mean IoU {results[architecture]['miou']:.3f}  pixel accuracy "
-          f"{results[architecture]['pixel_accuracy']:.3f}  ({models[architecture].count_params():,} parameters)")'''),
+for name, choice in decoders.items():
+    models[name], results[name] = train_briefly(small + choice)
+print(f"{'model':<15s} {'mean IoU':>8s}  {'pixel accuracy':>14s}  {'parameters':>10s}")
+for name, scores in results.items():
+    print(f"{name:<15s} {scores['miou']:8.3f}  {scores['pixel_accuracy']:14.3f}  {models[name].count_params():10,d}")'''),
+    ("md", """The first validation frame at the training size (enlarged 4x), its truth, and each model's prediction
+with the share of its labelled pixels it gets right."""),
+    ("code", '''from IPython.display import Image as PNG
+from PIL import Image
+from kx_vision import visualize
+
+val_pairs = find_pairs([str(camvid / "val")], [str(camvid / "valannot")])
+palette8 = np.round(palette * 255).astype(np.uint8)
+
+
+def val_frames_at(height, width, count):
+    """The first `count` validation frames (floats in [0, 1]) and their masks, resized to `height` x `width`."""
+    frames, masks = load_pairs(val_pairs[:count], 11, 11)
+    return ([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR), "float32") / 255 for f in frames],
+            [np.asarray(Image.fromarray(m.reshape(m.shape[:2])).resize((width, height), Image.NEAREST)) for m in masks])
+
+
+(frame,), (truth,) = val_frames_at(*config_lib.load(seg_task.Config, None, small).data.image_size, 1)
+panels, captions = [frame, visualize.overlay(frame, truth, 0.45, 11, palette8)], ["frame", "truth"]
+labelled = truth != 11  # void pixels are not scored
+for name, model in models.items():
+    predicted = visualize.class_ids(model.predict(frame[None], verbose=0)[0])
+    panels.append(visualize.overlay(frame, predicted, 0.45, None, palette8))
+    captions.append(f"{name}: {100 * np.mean(predicted[labelled] == truth[labelled]):.0f}% right")
+PNG(visualize.png_bytes(visualize.grid([[visualize.zoom(visualize.to_uint8(p), 4) for p in panels]], [captions])))'''),
     ("md", """## IoU and dice per class
 
 Keras's `MeanIoU` confusion matrix, void pixels skipped; classes absent from both truth and prediction are
 left out of the mean. The fast models have seen 12 thumbnails for a minute: the large classes (sky, road,
 building, trees) come first and the small ones (poles, signs, pedestrians) stay near zero; run without
 `KX_VISION_FAST` (or `configs/camvid_unet_resnet50.yaml`) for real figures."""),
-    ("code", '''per_class = {name: [results[a]["per_class_iou"][name] for a in ("upsample_head", "unet")]
-             for name in seg_task.CAMVID_CLASSES if results["unet"]["per_class_iou"][name] is not None}
-names = list(per_class)
-head_iou, unet_iou = (np.array([per_class[n][i] or 0.0 for n in names]) for i in (0, 1))
+    ("code", '''names = [n for n in seg_task.CAMVID_CLASSES if results["unet (fastai)"]["per_class_iou"][n] is not None]
+iou = {model: np.array([results[model]["per_class_iou"][n] or 0.0 for n in names]) for model in results}
 figure, axis = plt.subplots(figsize=(6, 2.5), dpi=60)
 positions = np.arange(len(names))
-axis.bar(positions - 0.3, head_iou, width=0.3, label="naive head IoU")
-axis.bar(positions, unet_iou, width=0.3, label="U-Net IoU")
-axis.bar(positions + 0.3, 2 * unet_iou / (1 + unet_iou), width=0.3, label="U-Net dice")  # dice = 2 IoU / (1 + IoU)
+for offset, model in zip((-0.3, -0.1, 0.1), iou):
+    axis.bar(positions + offset, iou[model], width=0.2, label=f"{model} IoU")
+dice = 2 * iou["unet (fastai)"] / (1 + iou["unet (fastai)"])  # dice = 2 IoU / (1 + IoU)
+axis.bar(positions + 0.3, dice, width=0.2, label="unet (fastai) dice")
 axis.set_xticks(positions, names, rotation=60, fontsize=8)
 axis.set_ylabel("score (0-1)", fontsize=8)
 axis.legend(fontsize=8)
 plt.show()'''),
     ("md", """## Progressive resizing
 
-Train small first, then continue at a larger size with the same weights: the U-Net takes any input size, so
+Train small first, then continue at a larger size with the same weights: the U-Net (the default decoder,
+trained above) takes any input size, so
 every layer carries over (from the command line: `--set init_from=runs/small/model.keras`, which copies the
 weights by layer name). What the small run learnt is a head start: trained for the same few epochs at the
 larger size, the U-Net that starts from the small one is far ahead of one that starts from scratch."""),
@@ -343,23 +429,16 @@ larger size, the U-Net that starts from the small one is far ahead of one that s
     else ["data.image_size=360,480", "epochs=4", "optimizer.learning_rate=3e-4"])
 config = config_lib.load(seg_task.Config, None, larger)
 size, small_size = config.data.image_size, config_lib.load(seg_task.Config, None, small).data.image_size
-resized, resized_scores = train_briefly(larger, model=models["unet"])
+resized, resized_scores = train_briefly(larger, model=models["unet (fastai)"])
 _, scratch_scores = train_briefly(larger)
 for start, scores in ((f"from the {small_size[0]}x{small_size[1]} U-Net", resized_scores), ("from scratch", scratch_scores)):
     print(f"U-Net at {size[0]}x{size[1]}, {config.epochs} epochs {start}: mean IoU {scores['miou']:.3f}")'''),
     ("md", """## Predictions
 
 Validation frames at the size the model was last trained on, the truth and the U-Net's prediction over them."""),
-    ("code", '''from PIL import Image
-
-height, width = size
-val_pairs = find_pairs([str(camvid / "val")], [str(camvid / "valannot")])[:2]
-val_frames, val_masks = load_pairs(val_pairs, 11, 11)
-shown, titles = [], []
-for frame, mask in zip(val_frames, val_masks):
-    frame = np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR)) / 255
-    mask = np.asarray(Image.fromarray(mask.reshape(mask.shape[:2])).resize((width, height), Image.NEAREST))
-    predicted = resized.predict(frame[None].astype("float32"), verbose=0)[0].argmax(-1)
+    ("code", '''shown, titles = [], []
+for frame, mask in zip(*val_frames_at(*size, 2)):
+    predicted = resized.predict(frame[None], verbose=0)[0].argmax(-1)
     shown += [0.55 * frame + 0.45 * palette[mask], 0.55 * frame + 0.45 * palette[predicted]]
     titles += ["truth", "prediction"]
 show(shown, titles, size=3)'''),

@@ -3,8 +3,10 @@
 Each notebook runs top to bottom with the fast setting (`KX_VISION_FAST=1`) once per CI, under the TensorFlow
 backend: a notebook takes a minute or more on a 2-core CPU, and the parity suite already proves the library
 agrees across backends. Its printed comparisons are then checked: the fast setting may be small, but not
-wrong (a super-resolution model above bicubic, a U-Net above the naive head, no style trained on random
-VGG16 features). The same checks run on the committed outputs, on both backends, in milliseconds.
+wrong (a super-resolution model above bicubic, the loss comparison's table and crops, a U-Net above the naive
+head, no style trained on random VGG16 features). The same checks run on the committed outputs, on both
+backends, in milliseconds, with a few more that the committed run shows (`committed=True`): what a fast run
+on another machine may not reproduce exactly is asserted only there.
 """
 
 import importlib.util
@@ -30,16 +32,47 @@ def _code(notebook):
     return "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
 
 
-def check_super_resolution(notebook):
+NO_FEATURE_LOSS = "No feature-loss model: VGG16's ImageNet weights are not in "
+
+
+def check_super_resolution(notebook, committed=False):
+    printed = _printed(notebook)
     found = re.findall(r"^x(\d) Y-PSNR on (\d+) validation images: model ([\d.]+) dB, bicubic ([\d.]+) dB",
-                       _printed(notebook), re.M)
+                       printed, re.M)
     assert [scale for scale, *_ in found] == ["2", "4"], f"no x2 and x4 comparison printed: {found}"
     for scale, count, model, bicubic in found:
         assert int(count) >= 2
         assert float(model) > float(bicubic), f"x{scale}: the model ({model} dB) is not above bicubic ({bicubic} dB)"
+    check_loss_comparison(notebook, printed, x2=found[0], committed=committed)
 
 
-def check_style_transfer(notebook):
+def check_loss_comparison(notebook, printed, x2, committed):
+    """The lesson's loss comparison (issue 20): bicubic, MSE, L1 and, only with VGG16's ImageNet weights on the
+    machine, the feature loss, each scored on the same validation images; without the weights, one line says so."""
+    table = re.search(r"^x2 on (\d+) validation images \(mean Y-PSNR in dB, mean Y-SSIM\)\nloss +PSNR +SSIM\n"
+                      r"((?:\S+ +\S+ +\S+$\n?)+)", printed, re.M)  # rows of three fields
+    assert table, f"no loss comparison table printed:\n{printed}"
+    assert table.group(1) == x2[1], "the loss table and the x2 comparison score different validation images"
+    rows = {name: (float(p), float(s)) for name, p, s in re.findall(r"^(\S+) +(\S+) +(\S+)$", table.group(2), re.M)}
+    with_features = NO_FEATURE_LOSS not in printed
+    assert list(rows) == ["bicubic", "mse", "l1"] + (["perceptual"] if with_features else []), rows
+    for name, (psnr, ssim) in rows.items():
+        assert 0 < psnr < 100 and 0 <= ssim <= 1, f"{name}: PSNR {psnr} dB, SSIM {ssim} out of range"
+    # The table's L1 model is the x2 model scored above, and its bicubic the same baseline.
+    assert abs(rows["l1"][0] - float(x2[2])) <= 0.011 and abs(rows["bicubic"][0] - float(x2[3])) <= 0.011, (rows, x2)
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if with_features:
+        assert "VGG16 ImageNet weights: found in " in printed
+    else:
+        said = next(cell for cell in cells if NO_FEATURE_LOSS in _cell_text(cell))
+        assert len(_cell_text(said).strip().splitlines()) == 1, _cell_text(said)
+    shown = next(cell for cell in cells if re.search(r"^loss +PSNR +SSIM$", _cell_text(cell), re.M))
+    assert any("image/png" in output.get("data", {}) for output in shown.get("outputs", [])), "no crops shown"
+    if committed:  # the committed run: both pixel losses trained past bicubic
+        assert rows["mse"][0] > rows["bicubic"][0] and rows["l1"][0] > rows["bicubic"][0], rows
+
+
+def check_style_transfer(notebook, committed=False):
     printed, code = _printed(notebook), _code(notebook)
     assert "vgg_weights=null" not in code and "vgg_weights=None" not in code, "style trained on random VGG16 weights"
     assert re.search(r"^(style: \S+, a painting from |no painting in .*: the style is the package's sample photo )",
@@ -59,11 +92,25 @@ def _cell_text(cell):
     return "".join(output.get("text", "") for output in cell.get("outputs", []))
 
 
-def check_segmentation(notebook):
+SEGMENTATION_MODELS = ["upsample_head", "unet (lesson)", "unet (fastai)"]
+
+
+def check_segmentation(notebook, committed=False):
     printed = _printed(notebook)
-    miou = dict(re.findall(r"^(upsample_head|unet) +mean IoU ([\d.]+)", printed, re.M))
-    assert set(miou) == {"upsample_head", "unet"}, printed
-    assert float(miou["unet"]) > float(miou["upsample_head"]), f"the U-Net does not beat the naive head: {miou}"
+    table = re.search(r"^model +mean IoU +pixel accuracy +parameters\n((?:.+\n?){3})", printed, re.M)
+    assert table, f"no table of the three models printed:\n{printed}"
+    rows = re.findall(r"^(.+?) +([\d.]+) +([\d.]+) +([\d,]+)$", table.group(1), re.M)
+    assert [name for name, *_ in rows] == SEGMENTATION_MODELS, rows
+    miou = {name: float(value) for name, value, *_ in rows}
+    for name, value, accuracy, parameters in rows:
+        assert 0 <= float(value) <= 1 and 0 <= float(accuracy) <= 1 and int(parameters.replace(",", "")) > 0, name
+    assert miou["unet (fastai)"] > miou["upsample_head"], f"the U-Net does not beat the naive head: {miou}"
+    if committed:  # the committed run: the lesson's U-Net between the naive head and the default U-Net
+        assert miou["upsample_head"] < miou["unet (lesson)"] < miou["unet (fastai)"], miou
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    at = next(i for i, cell in enumerate(cells) if "model.decoder=lesson" in cell.source)
+    assert any("image/png" in output.get("data", {}) for output in cells[at + 1].get("outputs", [])), (
+        "no predictions of the three models shown")
     resized = dict(re.findall(r"^U-Net at \d+x\d+, \d+ epochs (from the \d+x\d+ U-Net|from scratch): mean IoU ([\d.]+)",
                               printed, re.M))
     assert len(resized) == 2, printed
@@ -87,7 +134,7 @@ def test_committed_outputs_show_what_the_lesson_teaches(path):
     notebook = nbformat.read(path, as_version=4)
     assert all(cell.get("execution_count") for cell in notebook.cells if cell.cell_type == "code"), (
         f"{path.name} is committed unexecuted: KX_VISION_FAST=1 python notebooks/build.py --execute")
-    CHECKS[path.stem](notebook)
+    CHECKS[path.stem](notebook, committed=True)
 
 
 def _build_module():
