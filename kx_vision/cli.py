@@ -9,6 +9,7 @@ import contextlib
 import errno
 import importlib.util
 import os
+import re
 import sys
 
 from kx_vision.errors import KxVisionError
@@ -67,6 +68,20 @@ def _os_error_message(error):
     return None
 
 
+# The last line of the Python traceback TensorFlow copies into an error raised inside the input pipeline.
+_WRAPPED_ERROR = re.compile(r"^kx_vision\.errors\.\w+: (.+)$", re.MULTILINE)
+
+
+def _wrapped_message(error):
+    """The message of a kx_vision error raised inside a tf.data pipeline (`tf.numpy_function` /
+    `py_function`: an unreadable stream, a too-small image found while streaming), which TensorFlow
+    re-raises as its own `InvalidArgumentError` with the Python traceback pasted into the text; else None."""
+    if not type(error).__module__.startswith("tensorflow"):
+        return None
+    found = _WRAPPED_ERROR.findall(str(error))
+    return found[-1].strip() if found else None
+
+
 def run(command, interrupted="interrupted"):
     """Run `command()` and turn the errors a user can act on into one line on stderr and an exit code:
     0 (done), 2 (bad input, or a file that cannot be written), 130 (Ctrl-C). `command` may return
@@ -85,6 +100,12 @@ def run(command, interrupted="interrupted"):
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except Exception as error:
+        message = _wrapped_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0 if code is None else code
 
 

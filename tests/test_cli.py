@@ -47,6 +47,25 @@ def test_one_error_handler_for_every_command(capsys):
         cli.run(other)
 
 
+def test_an_error_raised_inside_the_input_pipeline_is_one_line(capsys):
+    tf = pytest.importorskip("tensorflow")
+    from kx_vision.errors import DataError
+
+    def read(index):
+        raise DataError(f"training image example {int(index)} is 40x12, smaller than the 16x16 patch size")
+
+    dataset = tf.data.Dataset.range(3).map(lambda i: tf.numpy_function(read, [i], tf.int64)).prefetch(1)
+    assert cli.run(lambda: next(iter(dataset))) == 2
+    err = capsys.readouterr().err
+    assert err == "error: training image example 0 is 40x12, smaller than the 16x16 patch size\n"
+
+    def broken():  # TensorFlow's own errors keep their traceback
+        return tf.reshape(tf.range(3), (2, 2))
+
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        cli.run(broken)
+
+
 @pytest.mark.skipif(shutil.which("kx-vision") is None, reason="the kx-vision console script is installed by "
                     "`pip install -e .` (it is, in CI)")
 def test_installed_console_script_runs_a_command():

@@ -226,6 +226,26 @@ def test_a_pass_visits_every_image_of_every_set_once():
     assert [i for _, i in passes[0]] != [i for _, i in passes[1]]  # shuffled afresh each pass
 
 
+def test_small_image_found_while_streaming_stops_training_with_one_line(tmp_path, capsys):
+    """The DataError raised inside the tf.data graph reaches the user as one line, not TensorFlow's traceback."""
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision import train
+
+    counts = {("div2k/bicubic_x2", "train"): 4, ("div2k/bicubic_x2", "validation"): 1}
+    assignments = ["data.train=tfds:div2k/bicubic_x2:train", "data.val=tfds:div2k/bicubic_x2:validation",
+                   "data.cache=never", "data.patch_size=16", "data.batch_size=4", "model.num_blocks=1",
+                   "model.num_filters=8", "epochs=1", "steps_per_epoch=2", "samples=0"]
+    argv = ["superres", "--output", str(tmp_path / "run")]
+    for assignment in assignments:
+        argv += ["--set", assignment]
+    with _mock_sets(tfds, tf, counts, size=lambda index: (12, 40) if index == 1 else None):
+        assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: training image ") and "is 40x12, smaller than the 16x16 patch size" in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
 def test_small_images_skipped_and_reported_or_stopping(capsys):
     tf = pytest.importorskip("tensorflow")
     tfds = pytest.importorskip("tensorflow_datasets")
