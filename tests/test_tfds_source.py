@@ -312,3 +312,52 @@ def test_streams_tfds_own_mock_examples_left_encoded():
         assert note.startswith("3 training images of tfds:div2k/bicubic_x2, streamed")
         lr, hr = (np.asarray(t) for t in next(iter(stream.dataset(2, augment=False))))
     assert lr.shape == (2, 8, 8, 3) and hr.shape == (2, 16, 16, 3) and 0 <= hr.min() <= hr.max() <= 1
+
+
+def test_upscale_tf_is_streaming_upscale_to_in_tensorflow(rng):
+    """Style's content images smaller than the crop are raised to it the same way from a tfds stream (TensorFlow)
+    and from a folder (Pillow): the same size, bicubic values within one 8-bit level on a smooth image."""
+    tf = pytest.importorskip("tensorflow")
+    from kx_vision.data import streaming, tfds_stream
+
+    rows, cols = np.mgrid[0:12, 0:40]
+    image = np.stack([rows * 20, cols * 6, (rows + cols) * 4], -1).astype(np.uint8)  # smooth: kernels comparable
+    raised = tfds_stream.upscale_tf(tf.constant(image), 16).numpy()
+    want = streaming.upscale_to(image, 16)
+    assert raised.shape == want.shape == (16, 54, 3) and raised.dtype == np.uint8
+    assert np.abs(raised.astype(int) - want.astype(int)).max() <= 1
+    assert np.abs(raised.astype(int) - want.astype(int)).mean() < 0.5
+    large = (rng.random((20, 30, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(tfds_stream.upscale_tf(tf.constant(large), 16).numpy(), large)
+
+
+def test_style_content_from_a_tfds_set(capsys):
+    """data.content=tfds:...: the style task streams content crops of the set (small images raised to the crop
+    size, not skipped), validation from its `validation` split; the numpy pipeline is refused naming the key."""
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision import config as config_lib
+    from kx_vision.data import SAMPLE_DIR, tfds_stream
+    from kx_vision.errors import ConfigError
+    from kx_vision.tasks import style as style_task
+
+    style = f"{SAMPLE_DIR}/train/" + sorted(__import__("os").listdir(f"{SAMPLE_DIR}/train"))[0]
+    counts = {("div2k/bicubic_x2", "train"): 6, ("div2k/bicubic_x2", "validation"): 2}
+    assignments = [f"style_image={style}", "loss.vgg_weights=null", "data.content=tfds:div2k/bicubic_x2:train",
+                   "data.val=tfds:div2k/bicubic_x2", "data.crop_size=16", "data.batch_size=4", "data.cache=never",
+                   "model.num_blocks=1", "steps_per_epoch=2"]
+    config = config_lib.load(style_task.StyleConfig, None, assignments)
+    with _mock_sets(tfds, tf, counts, size=lambda index: (12, 40) if index % 2 else None):
+        data = style_task.StyleTask(config).build_data()
+        assert "streamed from tensorflow-datasets" in capsys.readouterr().out
+        stream = data.extras["train_stream"]
+        assert isinstance(stream, tfds_stream.TfdsStream)
+        for x, y in data.train.take(4):
+            assert x.shape == (4, 16, 16, 3) and np.array_equal(np.asarray(x), np.asarray(y))
+        assert stream.small == 0 and stream.decodes >= 6  # the 12x40 images were raised to 16, none skipped
+        val = [np.asarray(x) for x, _ in data.val]
+        assert len(val) == 2 and val[0].shape == (4, 16, 16, 3)
+        numpy_config = config_lib.load(style_task.StyleConfig, None, assignments + ["data.pipeline=numpy"])
+        with pytest.raises(ConfigError, match="config key 'data.content': 'tfds:div2k/bicubic_x2:train' is a "
+                                              "tensorflow-datasets set"):
+            style_task.StyleTask(numpy_config).build_data()

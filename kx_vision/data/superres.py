@@ -69,27 +69,22 @@ def train_dataset(images, scale, patch_size, batch_size, seed=0, augment=True, p
 
 def stream_dataset(stream, scale, augment=True, steps_per_epoch=None):
     """An endless `tf.data.Dataset` of `(lr, hr)` float32 batches in [0, 1]: batch `g` of the dataset is
-    batch `g` of `stream` (a `kx_vision.data.streaming.PatchStream`), its dihedral transforms and bicubic
-    degradation applied in TensorFlow ops inside the input graph.
+    batch `g` of `stream`, its dihedral transforms and bicubic degradation applied in TensorFlow ops inside
+    the input graph.
 
-    Windows of the stream are read in order, two at a time (the stream decodes a window's images in its
-    own threads, so decoding is as parallel as there are cores and memory holds two windows of patches
-    whatever the number of cores), split into patches, transformed, batched, degraded and prefetched. With
-    `steps_per_epoch`, the files found unreadable are reported (`stream.report`) when the last batch of
-    each epoch of that many batches has been made.
+    `stream` is a `kx_vision.data.streaming.PatchStream` (files or a cache) or a
+    `kx_vision.data.tfds_stream.TfdsStream` (a tensorflow-datasets set), which has a tf.data pipeline of
+    its own patches (`tf_patches()`). A `PatchStream`'s windows are read in order, two at a time (the stream
+    decodes a window's images in its own threads, so decoding is as parallel as there are cores and memory
+    holds two windows of patches whatever the number of cores), and split into patches. Then, for both:
+    transformed, batched, degraded and prefetched. With `steps_per_epoch`, what the stream skipped
+    (unreadable or too small) is reported (`stream.report`) when the last batch of each epoch of that many
+    batches has been made.
     """
     size = stream.patch_size
     if size % scale:
         raise ValueError(f"patch_size {size} must be a multiple of the scale {scale}")
-
-    def read(window_id):
-        # Each window is asked for once, two at a time (below): one being read, the next one decoding.
-        patches, dihedral = stream.window(int(window_id), prefetch=False, keep=False)
-        return patches, dihedral.astype(np.int32)
-
-    def window(window_id):
-        patches, dihedral = tf.numpy_function(read, [window_id], (tf.uint8, tf.int32), stateful=True)
-        return tf.ensure_shape(patches, [None, size, size, 3]), tf.ensure_shape(dihedral, [None])
+    patches = stream.tf_patches() if hasattr(stream, "tf_patches") else _window_patches(stream)
 
     def transform(patch, k):
         return random_dihedral_tf(patch, k) if augment else patch
@@ -109,14 +104,31 @@ def stream_dataset(stream, scale, augment=True, steps_per_epoch=None):
         return (hr if scale == 1 else degrade_tf(hr, scale)), hr
 
     return (
-        tf.data.Dataset.counter()
-        .map(window, num_parallel_calls=2, deterministic=True)  # the stream decodes a window's images in parallel
-        .unbatch()
-        .map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        patches.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(stream.batch_size, drop_remainder=True)
         .enumerate()
         .map(to_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _window_patches(stream):
+    """The endless `tf.data.Dataset` of `(patch, dihedral index)` of a `PatchStream`, window after window."""
+    size = stream.patch_size
+
+    def read(window_id):
+        # Each window is asked for once, two at a time (below): one being read, the next one decoding.
+        patches, dihedral = stream.window(int(window_id), prefetch=False, keep=False)
+        return patches, dihedral.astype(np.int32)
+
+    def window(window_id):
+        patches, dihedral = tf.numpy_function(read, [window_id], (tf.uint8, tf.int32), stateful=True)
+        return tf.ensure_shape(patches, [None, size, size, 3]), tf.ensure_shape(dihedral, [None])
+
+    return (
+        tf.data.Dataset.counter()
+        .map(window, num_parallel_calls=2, deterministic=True)  # the stream decodes a window's images in parallel
+        .unbatch()
     )
 
 

@@ -1,7 +1,9 @@
-"""tensorflow-datasets sets as super-resolution training data: `data.train=tfds:div2k/bicubic_x2:train`.
+"""tensorflow-datasets sets as training data: super-resolution's `data.train=tfds:div2k/bicubic_x2:train`,
+style transfer's `data.content=tfds:coco/2017:train` (each short side raised to the crop size first, as for
+folders: `min_side`).
 
-An entry of `data.train` that starts with `tfds:` names a set and split (`kx_vision.data.tfds_source`); its
-images are each example's `hr` (else `image`) feature. tensorflow-datasets reads through TensorFlow, so such
+An entry of `data.train` (`data.content`) that starts with `tfds:` names a set and split
+(`kx_vision.data.tfds_source`); its images are each example's `hr` (else `image`) feature. tensorflow-datasets reads through TensorFlow, so such
 a set trains on the tf.data pipeline only (either backend); with `data.pipeline=numpy`, or without
 TensorFlow and tensorflow-datasets, `check_pipeline` stops with one `ConfigError` naming the entry.
 
@@ -90,13 +92,15 @@ def load_images(entries, what="image", default_split="validation", min_size=None
     return images
 
 
-def _tfds_arrays(spec, min_size, skip_small, what, limit_mib=None, default_split="train"):
+def _tfds_arrays(spec, min_size, skip_small, what, limit_mib=None, default_split="train", min_side=None):
     """`(images, mib)` of one tfds set decoded in order (smaller than `min_size`: `DataError`, or skipped
-    and counted with `skip_small`); `(None, mib)` as soon as their decoded size passes `limit_mib`."""
+    and counted with `skip_small`; with `min_side`, each short side raised to it first, as
+    `streaming.upscale_to` does for folders); `(None, mib)` as soon as their decoded size passes `limit_mib`."""
     import warnings
 
     images, small, mib = [], 0, 0.0
     for index, image in enumerate(tfds_source.tfds_images(spec, default_split=default_split)):
+        image = streaming.upscale_to(image, min_side)
         height, width = image.shape[:2]
         if min_size and min(height, width) < min_size:
             if not skip_small:
@@ -117,30 +121,34 @@ def _tfds_arrays(spec, min_size, skip_small, what, limit_mib=None, default_split
 
 
 def open_stream(entries, patch_size, batch_size, pipeline, patches_per_image=1, seed=0, cache="auto",
-                cache_limit_mib=streaming.CACHE_LIMIT_MIB, skip_small=False, what="training image"):
-    """`streaming.open_stream` for `data.train` entries that name tfds sets (and perhaps folders): a
+                cache_limit_mib=streaming.CACHE_LIMIT_MIB, skip_small=False, what="training image", min_side=None,
+                key="data.train", default_split="train"):
+    """`streaming.open_stream` for entries of config key `key` that name tfds sets (and perhaps folders): a
     `streaming.PatchStream` over the decoded images where they are held in memory, else a `TfdsStream`
-    (see the module docstring). Returns `(stream, note)`, `note` one line saying what was decided and why."""
+    (see the module docstring). `min_side` raises each image's short side to it first (style transfer's
+    content images), so none is too small. `default_split`: the split of an entry that names none.
+    Returns `(stream, note)`, `note` one line saying what was decided and why."""
     from kx_vision.data.images import list_images, scan_images
     from kx_vision.data.images import load_images as load_files
 
-    check_pipeline(entries, pipeline)
+    check_pipeline(entries, pipeline, key=key)
     if cache not in streaming.CACHE_MODES:
         raise ValueError(f"cache mode must be one of {streaming.CACHE_MODES}, got {cache!r}")
     entries = _as_list(entries)
     specs = [entry for entry in entries if tfds_source.is_tfds(entry)]
     folders = [entry for entry in entries if not tfds_source.is_tfds(entry)]
     if folders and cache == "never":
-        raise _mix_error(folders, specs, "data.cache=never")
+        raise _mix_error(folders, specs, "data.cache=never", key)
     paths, sizes = [], []
     if folders:
-        paths, sizes = scan_images(list_images(folders), min_size=patch_size, what=what, skip_small=skip_small)
-    mib = streaming.decoded_mib(sizes)
+        paths, sizes = scan_images(list_images(folders), min_size=None if min_side else patch_size, what=what,
+                                   skip_small=skip_small)
+    mib = streaming.decoded_mib([streaming.upscaled_size(w, h, min_side) for w, h in sizes])
     arrays = []
     if cache != "never":
         for spec in specs:
             limit = None if cache == "always" else cache_limit_mib - mib
-            found, spec_mib = _tfds_arrays(spec, patch_size, skip_small, what, limit)
+            found, spec_mib = _tfds_arrays(spec, patch_size, skip_small, what, limit, default_split, min_side)
             mib += spec_mib
             if found is None:
                 arrays = None
@@ -150,22 +158,24 @@ def open_stream(entries, patch_size, batch_size, pipeline, patches_per_image=1, 
               f"data.cache=auto: {'at most' if arrays is not None else 'more than'} "
               f"data.cache_limit_mib={cache_limit_mib:g}")
     if cache != "never" and arrays is not None:
-        images = load_files(paths, what=what)[0] + arrays if paths else arrays
+        files = [streaming.upscale_to(image, min_side) for image in load_files(paths, what=what)[0]] if paths else []
+        images = files + arrays
         stream = streaming.PatchStream.from_arrays(images, patch_size, batch_size, patches_per_image, seed,
                                                    what=what)
         note = f"{len(images)} {what}s of {', '.join(entries)}, {mib:,.0f} MiB decoded, in memory ({reason})"
         return stream, note
     if folders:
-        raise _mix_error(folders, specs, reason)
-    stream = TfdsStream(specs, patch_size, batch_size, patches_per_image, seed, skip_small=skip_small, what=what)
+        raise _mix_error(folders, specs, reason, key)
+    stream = TfdsStream(specs, patch_size, batch_size, patches_per_image, seed, skip_small=skip_small, what=what,
+                        min_side=min_side, default_split=default_split)
     count = "an unknown number of" if stream.count is None else f"{stream.count}"
     note = f"{count} {what}s of {', '.join(specs)}, streamed from tensorflow-datasets ({reason})"
     return stream, note
 
 
-def _mix_error(folders, specs, reason):
+def _mix_error(folders, specs, reason, key="data.train"):
     return ConfigError(
-        f"config key 'data.train' mixes image folders ({folders[0]}) and tensorflow-datasets sets ({specs[0]}), "
+        f"config key '{key}' mixes image folders ({folders[0]}) and tensorflow-datasets sets ({specs[0]}), "
         f"which mix only when held in memory, and they are streamed here ({reason}): set data.cache=always "
         "if they fit in memory, else train on one kind (e.g. save the tfds set's images as PNGs in a folder)"
     )
@@ -185,13 +195,14 @@ class TfdsStream:
     cached = False
 
     def __init__(self, specs, patch_size, batch_size, patches_per_image=1, seed=0, skip_small=False,
-                 what="training image"):
+                 what="training image", min_side=None, default_split="train"):
         if not specs:
             raise DataError(f"no {what} to train on")
         self.specs = list(specs)
         self.patch_size, self.batch_size = int(patch_size), int(batch_size)
         self.patches_per_image, self.seed = int(patches_per_image), int(seed)
         self.skip_small, self.what = bool(skip_small), what
+        self.min_side, self.default_split = min_side, default_split
         self.sources = [self._open(spec) for spec in self.specs]  # (dataset, image key, has tfds_id, count)
         self.decodes = 0  # images decoded so far
         self._lock = threading.Lock()
@@ -199,7 +210,7 @@ class TfdsStream:
         self._small, self._reported, self._first_small = 0, 0, None
 
     def _open(self, spec):
-        name, split = tfds_source.parse(spec)
+        name, split = tfds_source.parse(spec, default_split=self.default_split)
         dataset = tfds_source.load(name, split, stream_seed=self.seed)
         features = dataset.element_spec
         key = next((k for k in tfds_source.IMAGE_FEATURES if k in features), None)
@@ -297,7 +308,7 @@ class TfdsStream:
 
         return tf.data.Dataset.counter().flat_map(one_pass)
 
-    def patches(self):
+    def tf_patches(self):
         """The endless `tf.data.Dataset` of `(patch, dihedral index)`: uint8 `(P, P, 3)` crops, shuffled."""
         import tensorflow as tf
 
@@ -305,6 +316,8 @@ class TfdsStream:
 
         def decode(pass_index, position, data, name):
             image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+            if self.min_side:
+                image = upscale_tf(image, self.min_side)
             return pass_index, position, image, name
 
         def keep(pass_index, position, image, name):
@@ -335,38 +348,31 @@ class TfdsStream:
         )
 
     def dataset(self, scale, augment=True, steps_per_epoch=None):
-        """An endless `tf.data.Dataset` of `(lr, hr)` float32 batches in [0, 1], as
-        `kx_vision.data.superres.stream_dataset` makes them from a `PatchStream`; with `steps_per_epoch`,
-        the images skipped as too small are reported at the end of each epoch of that many batches."""
-        import tensorflow as tf
+        """An endless `tf.data.Dataset` of `(lr, hr)` float32 batches in [0, 1]: the patches of
+        `tf_patches()` made into pairs as `kx_vision.data.superres.stream_dataset` makes those of a
+        `PatchStream` (with `steps_per_epoch`, the images skipped as too small are reported at the end of
+        each epoch of that many batches)."""
+        from kx_vision.data.superres import stream_dataset
 
-        from kx_vision.data.superres import degrade_tf, random_dihedral_tf
+        return stream_dataset(self, scale, augment=augment, steps_per_epoch=steps_per_epoch)
 
-        if self.patch_size % scale:
-            raise ValueError(f"patch_size {self.patch_size} must be a multiple of the scale {scale}")
 
-        def transform(patch, k):
-            return random_dihedral_tf(patch, k) if augment else patch
+def upscale_tf(image, min_side):
+    """`streaming.upscale_to` in TensorFlow ops, inside the input graph: an `(H, W, 3)` uint8 image with its
+    short side raised to `min_side` (bicubic, aspect kept, the same size as `streaming.upscaled_size`);
+    unchanged when already that large. TensorFlow's bicubic kernel and Pillow's agree within one 8-bit level
+    on smooth images; near sharp edges their borders and rounding differ by more (`tests/test_tfds_source.py`)."""
+    import tensorflow as tf
 
-        def made(batch_index):
-            epoch, step = divmod(int(batch_index), steps_per_epoch)
-            if step == steps_per_epoch - 1:
-                self.report(f"in epoch {epoch + 1}")
-            return batch_index
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    short = tf.minimum(height, width)
 
-        def to_pair(batch_index, patches):
-            if steps_per_epoch:
-                done = tf.numpy_function(made, [batch_index], tf.int64, stateful=True)
-                with tf.control_dependencies([done]):
-                    patches = tf.identity(patches)
-            hr = tf.cast(patches, tf.float32) / 255.0
-            return (hr if scale == 1 else degrade_tf(hr, scale)), hr
+    def raised():
+        factor = min_side / tf.cast(short, tf.float64)
+        size = [tf.maximum(min_side, tf.cast(tf.math.ceil(tf.cast(side, tf.float64) * factor), tf.int32))
+                for side in (height, width)]
+        resized = tf.image.resize(image, size, method="bicubic")
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
-        return (
-            self.patches()
-            .map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(self.batch_size, drop_remainder=True)
-            .enumerate()
-            .map(to_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+    return tf.cond(short < min_side, raised, lambda: image)

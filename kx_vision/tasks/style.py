@@ -27,8 +27,9 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    content: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "content image folder(s)")
-    val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation content image folder(s)")
+    content: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "content image folder(s), or tensorflow-datasets "
+                                "sets (tfds:NAME[/CONFIG][:SPLIT], e.g. tfds:coco/2017:train)")
+    val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation content image folder(s) or tfds sets")
     crop_size: int = option(128, "side of the random content crops (Johnson: 256; at least 8 x num_blocks + 1)", min=1)
     batch_size: int = option(4, "crops per batch", min=1)
     patches_per_image: int = option(1, "random crops taken from each decoded content image", min=1)
@@ -126,20 +127,26 @@ class StyleTask(Task):
         """Random content crops (dihedral transforms), streamed from the files or cropped from memory
         (`data.cache`; `kx_vision.data.streaming`); images smaller than `crop_size` are upscaled first.
         Validation: two fixed batches of crops of the validation images, held in memory."""
-        from kx_vision.data import arrays, resolve_pipeline, streaming
+        from kx_vision.data import arrays, resolve_pipeline, streaming, tfds_stream
         from kx_vision.data import superres as sr_data
 
         config, data = self.config, self.config.data
-        size = data.crop_size
-        stream, note = streaming.open_stream(data.content, size, data.batch_size,
-                                             patches_per_image=data.patches_per_image, seed=config.seed,
-                                             cache=data.cache, cache_limit_mib=data.cache_limit_mib, min_side=size,
-                                             what="content image")
+        size, pipeline = data.crop_size, resolve_pipeline(data.pipeline)
+
+        def open_stream(entries, key, **options):  # folders, or `tfds:` sets (kx_vision.data.tfds_stream)
+            if tfds_stream.any_tfds(entries):
+                return tfds_stream.open_stream(entries, size, data.batch_size, pipeline, key=key, **options)
+            return streaming.open_stream(entries, size, data.batch_size, **options)
+
+        stream, note = open_stream(data.content, "data.content", patches_per_image=data.patches_per_image,
+                                   seed=config.seed, cache=data.cache, cache_limit_mib=data.cache_limit_mib,
+                                   min_side=size, what="content image")
         print(f"training data: {note}")
-        val_stream, _ = streaming.open_stream(data.val, size, data.batch_size, seed=config.seed + 1, cache="always",
-                                              min_side=size, what="validation content image")
+        val_options = {"default_split": "validation"} if tfds_stream.any_tfds(data.val) else {}
+        val_stream, _ = open_stream(data.val, "data.val", seed=config.seed + 1, cache="always", min_side=size,
+                                    what="validation content image", **val_options)
         extras = {"train_stream": stream}
-        if resolve_pipeline(data.pipeline) == "numpy":
+        if pipeline == "numpy":
             train = arrays.ContentCrops(stream, steps_per_epoch=config.steps_per_epoch,
                                         workers=arrays.default_workers())
             val = arrays.ContentCrops(val_stream, steps_per_epoch=2, fixed=True)

@@ -20,8 +20,10 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    train: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "training image folder(s)")
-    val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s)")
+    train: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "training image folder(s), or tensorflow-datasets "
+                              "sets (tfds:NAME[/CONFIG][:SPLIT], e.g. tfds:div2k/bicubic_x2:train)")
+    val: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s) or tfds sets (split: "
+                            "validation unless named)")
     patch_size: int = option(48, "side of the HR training patches, a multiple of the scale", min=1)
     batch_size: int = option(16, "patches per batch", min=1)
     augment: bool = option(True, "random dihedral transform (8 symmetries) of each patch")
@@ -133,11 +135,8 @@ class SuperResTask(Task):
             train = arrays.SuperResPatches(stream, config.scale, steps_per_epoch=config.steps_per_epoch,
                                            augment=data.augment, workers=arrays.default_workers())
             return DataBundle(train, arrays.Pairs(pairs), config.steps_per_epoch, endless=False, extras=extras)
-        if isinstance(stream, tfds_stream.TfdsStream):
-            train = stream.dataset(config.scale, augment=data.augment, steps_per_epoch=config.steps_per_epoch)
-        else:
-            train = sr_data.stream_dataset(stream, config.scale, augment=data.augment,
-                                           steps_per_epoch=config.steps_per_epoch)
+        train = sr_data.stream_dataset(stream, config.scale, augment=data.augment,
+                                       steps_per_epoch=config.steps_per_epoch)  # a PatchStream or a TfdsStream
         return DataBundle(train, sr_data.pairs_dataset(pairs), config.steps_per_epoch, endless=True, extras=extras)
 
     def report(self, model, data):
