@@ -227,15 +227,23 @@ class Check:
 
     # -- the recipes --------------------------------------------------------------------------------------
     def has_time_budget(self):
-        """Whether superres's config has the `time_budget` key (its config imports no framework)."""
+        """Whether superres's config has the `time_budget` key. Asked in a child process with the steps'
+        environment: importing `kx_vision` imports Keras, which only the carried wheels (on `PYTHONPATH`)
+        provide there, and whose default backend, TensorFlow, is absent (KERAS_BACKEND=jax)."""
         setting = os.environ.get("KX_TIME_BUDGET", "auto")
         if setting in ("yes", "no"):
             return setting == "yes"
-        import dataclasses
-
-        from kx_vision.tasks import superres  # imports no framework
-
-        found = any(f.name == "time_budget" for f in dataclasses.fields(superres.Config))
+        code = ("import dataclasses; from kx_vision.tasks import superres; "
+                "print(any(f.name == 'time_budget' for f in dataclasses.fields(superres.Config)))")
+        try:
+            done = subprocess.run([self.python, "-c", code], env=self.env, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=120)
+            found = done.stdout.strip().splitlines()[-1] == "True" if done.returncode == 0 else None
+        except (subprocess.TimeoutExpired, IndexError):
+            found = None
+        if found is None:  # the recipes will fail the same way and say why; use the step count meanwhile
+            self.say("time_budget config key: could not import kx_vision.tasks.superres: a step count is used")
+            return False
         self.say(f"time_budget config key: {'present' if found else 'absent: a step count is used instead'}")
         return found
 
