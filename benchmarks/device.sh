@@ -96,6 +96,8 @@ dry)
     # tests/no_tensorflow/sitecustomize.py: find_spec returns None and `import` fails, as where not installed.
     export KX_HIDE_MODULES="tensorflow_metadata tree termcolor gast astunparse pasta array_record immutabledict promise simple_parsing IPython ipykernel"
     export KX_DRY_TMP=$TMP KX_DRY_DATA=$TMP/data PYTHONPATH=$PWD/tests/no_tensorflow:$PWD PYTHONUNBUFFERED=1
+    # As on the GPU machine, nothing chooses a Keras backend for the driver: each step sets KERAS_BACKEND=jax.
+    unset KERAS_BACKEND
     set -o pipefail
     "$PY" benchmarks/device_check.py dry --out "$TMP/out" --python "$PY" --peer-pythonpath "$peer_path" \
         2>&1 | tee "$TMP/out/log.txt"
