@@ -99,7 +99,17 @@ dry)
     # As on the GPU machine, nothing chooses a Keras backend for the driver: each step sets KERAS_BACKEND=jax.
     unset KERAS_BACKEND
     set -o pipefail
-    "$PY" benchmarks/device_check.py dry --out "$TMP/out" --python "$PY" --peer-pythonpath "$peer_path" \
+    # The driver runs on a Python without Keras where there is one (the GPU machine's python3 has none: only the
+    # steps get the carried wheels); the steps run on this venv's.
+    driver=$PY
+    for candidate in /usr/bin/python3 python3; do
+        if command -v "$candidate" >/dev/null && ! "$candidate" -c "import keras" 2>/dev/null; then
+            driver=$candidate
+            break
+        fi
+    done
+    echo "dry run: driver $driver, steps $PY"
+    "$driver" benchmarks/device_check.py dry --out "$TMP/out" --python "$PY" --peer-pythonpath "$peer_path" \
         2>&1 | tee "$TMP/out/log.txt"
     # What the device tool would return: at most 8 files, 16 MiB each, no deeper than OUT/a/b/file.
     "$PY" - "$TMP/out" <<'EOF'
