@@ -2,6 +2,7 @@
 
     python -m benchmarks.pipeline_rate                        # 150 generated 640x480 PNGs, both pipelines
     python -m benchmarks.pipeline_rate --data DIR --batches 100
+    python -m benchmarks.pipeline_rate --format bmp            # the same 150 images as uncompressed BMPs
 
 For each pipeline (`tf_data` under TensorFlow; `numpy`, the `PyDataset`, under JAX with TensorFlow hidden)
 and each way of reading the images (`cache`: decoded into memory first, `data.cache=always`; `stream`:
@@ -77,11 +78,23 @@ def one(folder, pipeline, mode, kind, batches, scratch):
     cpu = marks["end"][1] - marks["start"][1]
     images = batches * batch
     return {"benchmark": "pipeline_rate", "measure": kind, "pipeline": pipeline, "backend": keras.backend.backend(),
-            "mode": mode, "patches_per_image": config.data.patches_per_image, "batch": batch,
+            "mode": mode, "files": ",".join(sorted({Path(n).suffix.lstrip(".") for n in os.listdir(folder)})),
+            "patches_per_image": config.data.patches_per_image, "batch": batch,
             "patch": config.data.patch_size, "batches": batches, "images_per_s": round(images / seconds, 1),
             "images_per_cpu_s": round(images / cpu, 1), "cpu_busy": round(cpu / seconds, 2),
             "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
             "date": time.strftime("%Y-%m-%d")}
+
+
+def as_bmp(folder, output):
+    """The PNGs of `folder` as uncompressed 24-bit BMPs in `output` (the same pixels)."""
+    from PIL import Image
+
+    output.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(folder).glob("*.png")):
+        with Image.open(path) as image:
+            image.convert("RGB").save(output / f"{path.stem}.bmp")
+    return output
 
 
 def _threaded(data, count):
@@ -95,6 +108,9 @@ def _threaded(data, count):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="training images (default: 150 generated 640x480 PNGs, removed after)")
+    parser.add_argument("--format", choices=["png", "bmp"], default="png",
+                        help="file format of the generated images (bmp: uncompressed, what `python -m "
+                             "kx_vision.prepare crop --format bmp` writes; decoding costs ~14x less CPU)")
     parser.add_argument("--pipelines", nargs="+", default=["tf_data", "numpy"], choices=["tf_data", "numpy"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--measures", nargs="+", default=["input", "train"], choices=["input", "train"])
@@ -112,6 +128,8 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix="kx_pipeline_rate_") as root:
         folder = args.data or make_images(Path(root) / "images", 150, 640, 480)
+        if not args.data and args.format == "bmp":
+            folder = as_bmp(folder, Path(root) / "bmp")
         for measure in args.measures:
             for pipeline in args.pipelines:
                 env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}

@@ -31,6 +31,33 @@ def test_decodes_rgb_gray_rgba_palette_and_16bit(tmp_path, rng):
     np.testing.assert_array_equal(load_image(tmp_path / "g16.png"), np.repeat(gray[..., None], 3, -1))
 
 
+def test_bmp_fast_path_reads_what_pillow_reads(tmp_path, rng, monkeypatch):
+    """24-bit BMPs go through OpenCV (faster); its pixels are Pillow's, and every other BMP, a truncated one or a
+    huge one goes to Pillow with its usual result or error naming the file."""
+    from kx_vision.data import images
+
+    rgb = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)  # odd width: rows padded to 4 bytes
+    path = _save(tmp_path / "rgb.bmp", rgb)
+    assert images._read_bmp_fast(path) is not None
+    np.testing.assert_array_equal(load_image(path), rgb)
+    gray = _save(tmp_path / "gray.bmp", rgb[..., 0])
+    rgba = _save(tmp_path / "rgba.bmp", np.dstack([rgb, np.full((13, 17), 9, np.uint8)]))
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pal.bmp")
+    for other in (gray, rgba, tmp_path / "pal.bmp"):
+        assert images._read_bmp_fast(other) is None
+        np.testing.assert_array_equal(load_image(other), images.read_image(other)[0])
+    np.testing.assert_array_equal(load_image(gray), np.repeat(rgb[..., :1], 3, -1))
+    truncated = tmp_path / "truncated.bmp"
+    truncated.write_bytes((tmp_path / "rgb.bmp").read_bytes()[:-7])
+    assert images._read_bmp_fast(truncated) is None
+    with pytest.raises(images.UnreadableFileError, match="truncated.bmp"):
+        load_image(truncated)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 13 x 17 = 221 > 2 x 100: Pillow refuses it, naming it
+    assert images._read_bmp_fast(path) is None
+    with pytest.raises(images.TooLargeImageError, match="rgb.bmp"):
+        load_image(path)
+
+
 def test_folder_errors_name_the_folder(tmp_path):
     with pytest.raises(DataError, match="not found: .*nowhere"):
         list_images([tmp_path / "nowhere"])

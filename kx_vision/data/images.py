@@ -2,7 +2,11 @@
 
 Decoding uses Pillow rather than `tf.io.decode_image`: it reads every format users have (PNG, JPEG,
 BMP, TIFF, WebP, palette and 16-bit PNGs), works where TensorFlow is absent, and names the file
-when one is unreadable.
+when one is unreadable. One exception, for speed: uncompressed 24-bit BMPs (what
+`python -m kx_vision.prepare crop --format bmp` writes for streaming training data) are read by OpenCV,
+which decodes a 640x480 one in ~0.37 ms of CPU against Pillow's ~0.83 ms (PNG: ~7-11 ms with either
+library; measured 2026-11-28, 2-core CPU, Pillow 13, OpenCV 5); anything else OpenCV reads differently
+(grayscale, alpha, palette, damaged files) goes to Pillow.
 """
 
 import contextlib
@@ -153,7 +157,38 @@ def read_size(path):
 def load_image(path):
     """Decode one file to an `(H, W, 3)` uint8 RGB array; `DataError` naming the file if unreadable
     (`UnreadableFileError`) or beyond the decompression-bomb limit (`TooLargeImageError`)."""
+    if str(path).lower().endswith(".bmp"):
+        image = _read_bmp_fast(path)
+        if image is not None:
+            return image
     return read_image(path)[0]
+
+
+def _read_bmp_fast(path):
+    """A 24-bit BMP as `(H, W, 3)` RGB by OpenCV (see the module docstring), or None where Pillow should read
+    it: another layout, a damaged file, beyond the pixel limit (Pillow then says so), OpenCV absent."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    with open(path, "rb") as f:
+        header = f.read(30)
+    # BITMAPINFOHEADER (or later): the bit count is at byte 28; 24 bits a pixel means no alpha and no palette.
+    if (len(header) < 30 or header[:2] != b"BM" or int.from_bytes(header[14:18], "little") < 40
+            or int.from_bytes(header[28:30], "little") != 24):
+        return None
+    width = int.from_bytes(header[18:22], "little", signed=True)
+    height = int.from_bytes(header[22:26], "little", signed=True)
+    limit = pixel_limit()
+    if limit and abs(width * height) > limit:
+        return None
+    offset, row = int.from_bytes(header[10:14], "little"), (24 * abs(width) + 31) // 32 * 4
+    if os.path.getsize(path) < offset + row * abs(height):  # truncated: Pillow names the file (OpenCV logs noise)
+        return None
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def load_images(paths, min_size=None, what="image", skip_small=False):
