@@ -327,3 +327,90 @@ def test_no_framework_is_imported(photos, tmp_path, backend):
     assert "--thresh-size" in out and modules == {"kx_vision.cli"}
     out, modules = imported("resize", str(photos), str(tmp_path / "dst"), "--size", "24", "--workers", "1")
     assert "prepare resize: 3 written" in out and modules == {"kx_vision.cli", "cv2"}
+
+
+# === --format bmp ===
+
+def _pixels(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.parametrize("command", [["resize", "--size", "24"], ["crop", "--crop", "20", "--step", "15"]])
+def test_bmp_holds_the_png_pixels_and_resumes(tmp_path, rng, capsys, command):
+    src = tmp_path / "src"
+    _save(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), src / "rgb.png")
+    _save(rng.integers(0, 256, (50, 40), dtype=np.uint8), src / "sub" / "gray.png")
+    _save(rng.integers(0, 4, (40, 42), dtype=np.uint8), src / "pal.png", palette=list(range(12)))
+    runs = {}
+    for fmt in ("png", "bmp"):
+        dst = tmp_path / fmt
+        args = [command[0], str(src), str(dst), *command[1:], "--workers", "1", "--format", fmt]
+        assert prepare.main(args) == 0
+        runs[fmt] = _files(dst)
+        assert json.loads((dst / prepare.SETTINGS).read_text())["format"] == fmt
+    assert runs["bmp"] == [n[:-4] + ".bmp" for n in runs["png"]] and len(runs["png"]) >= 3
+    for name in runs["bmp"]:
+        bmp, png = Image.open(tmp_path / "bmp" / name), Image.open(tmp_path / "png" / (name[:-4] + ".png"))
+        assert bmp.format == "BMP" and bmp.info.get("compression") == 0  # uncompressed
+        assert bmp.mode == ("L" if name.startswith("sub/gray") else "RGB")  # grayscale stays L; palette -> RGB
+        assert np.array_equal(np.asarray(bmp), np.asarray(png.convert(bmp.mode)))  # lossless
+    assert "warning" not in capsys.readouterr().err
+    bmp_args = [command[0], str(src), str(tmp_path / "bmp"), *command[1:], "--workers", "1", "--format", "bmp"]
+    victim = tmp_path / "bmp" / runs["bmp"][0]
+    victim.unlink()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "bmp").rglob("*.bmp")}
+    assert prepare.main(bmp_args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "bmp").rglob("*.bmp") if p != victim} == before
+    assert victim.exists()
+    one = "1 written, 2 skipped as done" if command[0] == "resize" else "1 cut into 1 crops, 2 skipped as done"
+    assert one in capsys.readouterr().out
+    # a png DST is refused for bmp, and the other way round
+    for fmt, dst in (("bmp", "png"), ("png", "bmp")):
+        args = [command[0], str(src), str(tmp_path / dst), *command[1:], "--workers", "1", "--format", fmt]
+        assert prepare.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--format bmp`" in err and f"{tmp_path / dst} was prepared with" in err
+
+
+def test_bmp_drops_alpha_with_a_warning_and_skips_16_bit(tmp_path, rng, capsys):
+    src = tmp_path / "src"
+    rgba = rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)
+    _save(rgba, src / "rgba.png")
+    _save(rng.integers(0, 65536, (40, 40), dtype=np.uint16), src / "gray16.png")
+    assert prepare.main(["crop", str(src), str(tmp_path / "dst"), "--crop", "40", "--workers", "1",
+                         "--format", "bmp"]) == 1
+    out = Image.open(tmp_path / "dst" / "rgba_s001.bmp")
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), rgba[..., :3])  # colour under alpha kept
+    assert _files(tmp_path / "dst") == ["rgba_s001.bmp"]
+    captured = capsys.readouterr()
+    assert "rgba.png: transparency dropped (BMP holds none): written as RGB" in captured.err
+    assert "warning: skipped" in captured.err and "gray16.png: cannot convert image" in captured.err
+    assert "16-bit" in captured.err and "1 unreadable" in captured.out
+    # resize: alpha dropped before area averaging, so the RGB equals the png's colour channels
+    (src / "gray16.png").unlink()
+    for fmt in ("png", "bmp"):
+        assert prepare.main(["resize", str(src), str(tmp_path / fmt), "--size", "20", "--workers", "1",
+                             "--format", fmt]) == 0
+    assert np.array_equal(_pixels(tmp_path / "bmp" / "rgba.bmp"), _pixels(tmp_path / "png" / "rgba.png")[..., :3])
+
+
+def test_masks_refuse_bmp_with_one_line(photos, tmp_path, capsys):
+    code = prepare.main(["resize", str(photos), str(tmp_path / "dst"), "--size", "24", "--masks", "--format", "bmp"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --masks writes png only") and err.count("\n") == 1
+    assert not (tmp_path / "dst").exists()
+    with pytest.raises(prepare.ConfigError, match="unknown image format .jpeg.; choose one of png, bmp"):
+        prepare.CropOptions(8, 4, format="jpeg")
+
+
+def test_settings_written_before_format_existed_mean_png(photos, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    args = ["resize", str(photos), str(dst), "--size", "24", "--workers", "1"]
+    assert prepare.main(args) == 0
+    settings = json.loads((dst / prepare.SETTINGS).read_text())
+    del settings["format"]
+    (dst / prepare.SETTINGS).write_text(json.dumps(settings))
+    capsys.readouterr()
+    assert prepare.main(args) == 0 and "0 written, 3 skipped as done" in capsys.readouterr().out
+    assert prepare.main([*args, "--format", "bmp"]) == 2
