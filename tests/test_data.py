@@ -58,6 +58,33 @@ def test_bmp_fast_path_reads_what_pillow_reads(tmp_path, rng, monkeypatch):
         load_image(path)
 
 
+def test_bmp_view_is_the_image_without_decoding(tmp_path, rng):
+    """The streams' crops of a 24-bit BMP come from its rows as stored, bottom-up (Pillow's) or top-down
+    (negative height), rows padded to 4 bytes; anything else is load_image's array."""
+    from kx_vision.data import images
+
+    rgb = rng.integers(0, 256, (11, 15, 3), dtype=np.uint8)  # 45 bytes a row, padded to 48
+    bottom_up = _save(tmp_path / "up.bmp", rgb)
+    view = images.load_image_view(bottom_up)
+    assert not view.flags.writeable and view.shape == rgb.shape
+    np.testing.assert_array_equal(view, rgb)
+    np.testing.assert_array_equal(view[3:9, 4:12], rgb[3:9, 4:12])
+    data = bytearray((tmp_path / "up.bmp").read_bytes())
+    offset, row = int.from_bytes(data[10:14], "little"), 48
+    rows = [data[offset + i * row : offset + (i + 1) * row] for i in range(11)]
+    data[offset : offset + 11 * row] = b"".join(reversed(rows))
+    data[22:26] = (-11).to_bytes(4, "little", signed=True)
+    (tmp_path / "down.bmp").write_bytes(bytes(data))
+    np.testing.assert_array_equal(images.load_image_view(tmp_path / "down.bmp"), rgb)
+    np.testing.assert_array_equal(load_image(tmp_path / "down.bmp"), rgb)
+    png = _save(tmp_path / "a.png", rgb)
+    np.testing.assert_array_equal(images.load_image_view(png), rgb)
+    truncated = tmp_path / "truncated.bmp"
+    truncated.write_bytes((tmp_path / "up.bmp").read_bytes()[:-7])
+    with pytest.raises(images.UnreadableFileError, match="truncated.bmp"):
+        images.load_image_view(truncated)
+
+
 def test_folder_errors_name_the_folder(tmp_path):
     with pytest.raises(DataError, match="not found: .*nowhere"):
         list_images([tmp_path / "nowhere"])

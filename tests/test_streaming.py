@@ -72,6 +72,22 @@ def test_streamed_and_cached_give_the_same_batches(tmp_path, rng):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("min_side", [None, 24])
+def test_streamed_bmp_sub_images_give_the_batches_of_their_pngs(min_side, tmp_path, rng):
+    """`prepare --format bmp` output streams through read-not-decoded views: the same batches as the PNGs
+    (with min_side, the upscaled content crops too)."""
+    images = _write(tmp_path / "png", 5, rng, size=(23, 19))  # odd widths: BMP rows padded
+    (tmp_path / "bmp").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "bmp" / f"{i:02d}.bmp")
+    options = dict(patches_per_image=2, seed=3, cache="never", min_side=min_side)
+    png, _ = streaming.open_stream(tmp_path / "png", 8, 4, **options)
+    bmp, _ = streaming.open_stream(tmp_path / "bmp", 8, 4, **options)
+    for index in (0, 3, 1):
+        for a, b in zip(png.batch(index), bmp.batch(index)):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_memory_holds_a_few_windows_not_the_images(tmp_path, rng):
     _write(tmp_path, 12, rng)
     stream, _ = streaming.open_stream(tmp_path, 8, 1, patches_per_image=4, seed=0, cache="never")

@@ -87,7 +87,7 @@ def upscale_to(image, min_side):
     size = upscaled_size(width, height, min_side)
     if size == (width, height):
         return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BICUBIC))
 
 
 def default_decoders():
@@ -257,13 +257,14 @@ class PatchStream:
                         f"{self._bad.get(self.paths[0], '')})")
 
     def _decode(self, index):
-        from kx_vision.data.images import load_image
+        from kx_vision.data.images import load_image_view
 
         with self._lock:
             self.decodes += 1
         if self.images is not None:
             return self.images[index]
-        return upscale_to(load_image(self.paths[index]), self.min_side)
+        # Only crops are taken: an uncompressed BMP is read, not decoded (`load_image_view`).
+        return upscale_to(load_image_view(self.paths[index]), self.min_side)
 
     def _crop(self, image, index, rng):
         size, count = self.patch_size, self.patches_per_image
