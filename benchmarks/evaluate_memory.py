@@ -16,7 +16,6 @@ files and model. The generated files are removed at the end unless `--root` name
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import cpu_device, emit
 from benchmarks.pipeline_memory import make_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,15 +119,12 @@ def main(argv=None):
                     "decoded_mib": round(count * width * height * 4 / 2**20, 1), "backend": backend,
                     "source": args.source, "peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1),
                     "scored": result.get("images"), "miou": result.get("miou"),
-                    "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+                    "device": cpu_device(),
                     "date": time.strftime("%Y-%m-%d"), "generate_s": round(generated, 1),
                 }
                 if code:
                     record["error"] = tail
-                print(json.dumps(record), flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                emit(record, args.out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if not args.root:

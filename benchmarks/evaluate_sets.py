@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from benchmarks import emit
+
 
 def slim_copy(model_path, destination):
     """`model_path` re-saved without optimizer state (loaded with `compile=False`) to `destination`."""
@@ -57,19 +59,15 @@ def main(argv=None):
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
 
-    def emit(record):
-        line = json.dumps({**record, "date": time.strftime("%Y-%m-%d")})
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+    def report(record):
+        emit({**record, "date": time.strftime("%Y-%m-%d")}, args.out)
 
     failures = 0
     if args.copy_to:
         start = time.perf_counter()
         size = slim_copy(args.model, args.copy_to)
-        emit({"benchmark": "model_copy", "recipe": args.tag, "model": args.model, "copy": args.copy_to,
-              "bytes": size, "seconds": round(time.perf_counter() - start, 2)})
+        report({"benchmark": "model_copy", "recipe": args.tag, "model": args.model, "copy": args.copy_to,
+                "bytes": size, "seconds": round(time.perf_counter() - start, 2)})
     for data in args.data:
         for self_ensemble in (False,) if args.no_self_ensemble else (False, True):
             rc, result, seconds = evaluate_one(args.model, data, args.scale, self_ensemble)
@@ -77,9 +75,9 @@ def main(argv=None):
                       "self_ensemble": self_ensemble, "seconds": round(seconds, 2)}
             if result is None:
                 failures += 1
-                emit({**record, "error": f"kx_vision.evaluate exited with {rc}"})
+                report({**record, "error": f"kx_vision.evaluate exited with {rc}"})
             else:
-                emit({**record, **result})
+                report({**record, **result})
     return 1 if failures else 0
 
 

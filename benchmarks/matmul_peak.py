@@ -8,8 +8,9 @@ rate is `2 n^3` FLOPs per product. It is the denominator of the training steps' 
 """
 
 import argparse
-import json
 import time
+
+from benchmarks import emit
 
 
 def measure(n, repeats, dtype="bfloat16"):
@@ -46,11 +47,7 @@ def main(argv=None):
               "tflops": round(results[best][1], 2),
               "by_size": {str(n): round(tflops, 2) for n, (_, tflops) in results.items()},
               "date": time.strftime("%Y-%m-%d")}
-    line = json.dumps(record)
-    print(line, flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

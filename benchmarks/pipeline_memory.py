@@ -14,15 +14,15 @@ machine. The generated images are removed at the end unless `--keep`.
 """
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import cpu_device, emit
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("150x640x480", "1500x640x480", "200x1024x768", "4000x1024x768")
@@ -123,15 +123,12 @@ def main(argv=None):
                     "pipeline": pipeline, "backend": "jax" if pipeline == "numpy" else "tensorflow",
                     "settings": args.assignments or "defaults", "steps": args.steps,
                     "peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1), "data": data_line,
-                    "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+                    "device": cpu_device(),
                     "date": time.strftime("%Y-%m-%d"), "generate_s": round(written, 1),
                 }
                 if code:
                     record["error"] = tail
-                print(json.dumps(record), flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                emit(record, args.out)
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
     finally:

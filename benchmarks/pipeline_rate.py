@@ -20,13 +20,14 @@ system time of all its threads): the rate per core, which does not depend on wha
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import cpu_device, emit
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"cache": ["data.cache=always"], "stream": ["data.cache=never"],
@@ -82,7 +83,7 @@ def one(folder, pipeline, mode, kind, batches, scratch):
             "patches_per_image": config.data.patches_per_image, "batch": batch,
             "patch": config.data.patch_size, "batches": batches, "images_per_s": round(images / seconds, 1),
             "images_per_cpu_s": round(images / cpu, 1), "cpu_busy": round(cpu / seconds, 2),
-            "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            "device": cpu_device(),
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -146,10 +147,7 @@ def main(argv=None):
                     record = json.loads(lines[-1]) if lines else {
                         "benchmark": "pipeline_rate", "pipeline": pipeline, "mode": mode, "measure": measure,
                         "error": (done.stderr or done.stdout)[-1500:]}
-                    print(json.dumps(record), flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(record) + "\n")
+                    emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ process's peak RSS.
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import cpu_device, emit
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "seg" / "camvid"
@@ -75,7 +76,7 @@ def one(images, masks, pipeline, mode, epochs, rotate):
             "pairs": len(data.extras["train_reader"]), "epochs": epochs, "images_per_s": round(count / seconds, 1),
             "images_per_cpu_s": round(count / cpu, 1), "cpu_busy": round(cpu / seconds, 2),
             "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            "device": cpu_device(),
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -135,10 +136,7 @@ def main(argv=None):
                 record = json.loads(lines[-1]) if lines else {
                     "benchmark": "segmentation_rate", "pipeline": pipeline, "mode": mode,
                     "error": (done.stderr or done.stdout)[-1500:]}
-                print(json.dumps(record), flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ per size with the median time and images/s.
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
+
+from benchmarks import cpu_device
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
         median = statistics.median(times)
         print(json.dumps({
             "benchmark": "style_inference", "backend": keras.backend.backend(),
-            "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores)", "precision": "float32",
+            "device": cpu_device(), "precision": "float32",
             "batch": args.batch, "size": f"{size}x{size}", "step_s": round(median, 4),
             "images_per_s": round(args.batch / median, 3),
         }))

@@ -10,10 +10,10 @@ backend + model), the size of the output image, and the wall time.
 
 import argparse
 import json
-import os
-import platform
 import resource
 import time
+
+from benchmarks import cpu_device
 
 
 def rss_mib():
@@ -53,7 +53,7 @@ def main():
     print(json.dumps({
         "benchmark": "tiled_superres_inference_memory",
         "backend": keras.backend.backend(),
-        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": cpu_device(),
         "model": f"EDSR x{args.scale} {args.num_blocks} blocks {args.num_filters} filters",
         "input": f"{args.size}x{args.size}",
         "output": f"{out.shape[1]}x{out.shape[0]}",
