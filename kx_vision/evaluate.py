@@ -12,8 +12,7 @@ rounded to 8 bits, Y-PSNR / Y-SSIM (BT.601) with a border of `scale` pixels shav
 tensorflow-datasets set (its `hr` or `image` feature is the HR image).
 
 Both commands read, predict and score one image at a time (its rows or confusion-matrix counts kept, its
-pixels not), so memory does not grow with the number of images of a folder (a `tfds:` set is still loaded
-whole); unreadable files are skipped with a warning and counted, and an image and mask of different sizes
+pixels not), so memory does not grow with the number of images (of a folder or a `tfds:` set); unreadable files are skipped with a warning and counted, and an image and mask of different sizes
 stop the run before any prediction.
 
 `--save-examples DIR` writes what the numbers measure, as lossless PNGs (`kx_vision.visualize`): for
@@ -23,6 +22,7 @@ class colours (`<name>.png`), and `confusion_matrix.png`.
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -39,12 +39,16 @@ from kx_vision.errors import KxVisionError
 def iter_hr_images(data, limit=None):
     """An iterator of `(name, image)` uint8 RGB arrays from a folder or a `tfds:` dataset. A folder is listed
     at once (a missing one is named here) and its files decoded one at a time, when asked for
-    (`images.iter_images`: unreadable ones skipped with a warning, counted at the end), so that evaluating a
-    large set holds one decoded image, not the set."""
+    (`images.iter_images`: unreadable ones skipped with a warning, counted at the end); a tfds set's first
+    example is read at once (a set that cannot be loaded is named here), the others one at a time. So
+    evaluating a large set holds one decoded image, not the set."""
     from kx_vision.data import tfds_source
 
     if tfds_source.is_tfds(data):
-        return zip(*tfds_source.load_tfds_images(data, limit, default_split="validation"))
+        name, split = tfds_source.parse(data, default_split="validation")
+        images = enumerate(tfds_source.tfds_images(data, limit, default_split="validation"))
+        first = next(images)  # a set that cannot be loaded, or an empty split, is named here, before any model
+        return ((f"{name}:{split}:{i}", image) for i, image in itertools.chain([first], images))
     from kx_vision.data.images import iter_images, list_images
 
     paths = list_images([p for p in data.split(",") if p])

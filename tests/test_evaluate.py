@@ -121,6 +121,33 @@ def test_tfds_source_with_mock_data(capsys):
     assert result["images"] == 3 and 5 < result["psnr"] < 20  # noise images: bicubic does poorly
 
 
+def test_tfds_evaluation_reads_one_example_at_a_time():
+    """A tfds evaluation set is read as it is scored, not loaded whole; a set that cannot be read is named at once."""
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision.errors import DataError
+
+    made = [0]
+
+    def generate():
+        for i in range(50):
+            made[0] += 1
+            yield {"hr": np.full((24, 20, 3), i, np.uint8), "lr": np.zeros((12, 10, 3), np.uint8)}
+
+    def as_dataset(self, *args, **kwargs):
+        return tf.data.Dataset.from_generator(generate, output_signature={
+            "hr": tf.TensorSpec((None, None, 3), tf.uint8), "lr": tf.TensorSpec((None, None, 3), tf.uint8)})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        items = evaluate.iter_hr_images("tfds:div2k/bicubic_x2")
+        name, image = next(items)
+        assert name == "div2k/bicubic_x2:validation:0" and image.shape == (24, 20, 3) and made[0] < 10
+        rest = list(items)
+        assert [int(image[0, 0, 0]) for _, image in rest] == list(range(1, 50)) and made[0] == 50
+    with pytest.raises(DataError, match="no_such_set"):
+        evaluate.iter_hr_images("tfds:no_such_set")  # raised by the call, before anything iterates
+
+
 @pytest.mark.shared_data
 def test_cli_bicubic_set5_x4_matches_paper(capsys):
     folder = shared_dir("sr", "Set5")
