@@ -314,21 +314,38 @@ def test_streams_tfds_own_mock_examples_left_encoded():
     assert lr.shape == (2, 8, 8, 3) and hr.shape == (2, 16, 16, 3) and 0 <= hr.min() <= hr.max() <= 1
 
 
-def test_upscale_tf_is_streaming_upscale_to_in_tensorflow(rng):
-    """Style's content images smaller than the crop are raised to it the same way from a tfds stream (TensorFlow)
-    and from a folder (Pillow): the same size, bicubic values within one 8-bit level on a smooth image."""
+def test_undecodable_examples_mid_stream_are_skipped_counted_and_reported(capsys):
+    """An example whose image cannot be decoded is skipped (the stream goes on with the others), counted and
+    reported at the end of the epoch; a set none of whose images decodes stops with one DataError."""
     tf = pytest.importorskip("tensorflow")
-    from kx_vision.data import streaming, tfds_stream
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from kx_vision.data import tfds_stream
 
-    rows, cols = np.mgrid[0:12, 0:40]
-    image = np.stack([rows * 20, cols * 6, (rows + cols) * 4], -1).astype(np.uint8)  # smooth: kernels comparable
-    raised = tfds_stream.upscale_tf(tf.constant(image), 16).numpy()
-    want = streaming.upscale_to(image, 16)
-    assert raised.shape == want.shape == (16, 54, 3) and raised.dtype == np.uint8
-    assert np.abs(raised.astype(int) - want.astype(int)).max() <= 1
-    assert np.abs(raised.astype(int) - want.astype(int)).mean() < 0.5
-    large = (rng.random((20, 30, 3)) * 255).astype(np.uint8)
-    np.testing.assert_array_equal(tfds_stream.upscale_tf(tf.constant(large), 16).numpy(), large)
+    good = [tf.io.encode_png(_marked(i)).numpy() for i in range(4)]
+
+    def mock(encoded):
+        signature = {"hr": tf.TensorSpec((), tf.string), "lr": tf.TensorSpec((), tf.string)}
+
+        def as_dataset(self, split, **kwargs):
+            return tf.data.Dataset.from_generator(lambda: ({"hr": e, "lr": e} for e in encoded),
+                                                  output_signature=signature)
+
+        return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+    with mock([good[0], b"not an image", good[2], good[3][: len(good[3]) // 2]]):  # garbage, a truncated PNG
+        stream, _ = tfds_stream.open_stream(["tfds:div2k/bicubic_x2:train"], 16, 4, "tf_data", cache="never")
+        sources = set()
+        for _, hr in stream.dataset(2, augment=False, steps_per_epoch=3).take(3):
+            sources |= {_source_of(p)[0] for p in np.round(np.asarray(hr) * 255).astype(np.uint8)}
+        assert sources == {0, 2} and stream.unreadable >= 2
+        printed = capsys.readouterr().out
+        assert "could not be decoded" in printed and "first: tfds:div2k/bicubic_x2:train: " in printed
+        assert ("cannot identify its image" in printed or "truncated" in printed) and "BytesIO" not in printed
+    with mock([b"not an image", b"nor this"]):
+        stream, _ = tfds_stream.open_stream(["tfds:div2k/bicubic_x2:train"], 16, 4, "tf_data", cache="never")
+        with pytest.raises(Exception, match="none of the 2 training images of tfds:div2k/bicubic_x2:train could "
+                                            "be decoded"):
+            list(stream.dataset(2).take(1))
 
 
 def test_style_content_from_a_tfds_set(capsys):

@@ -3,8 +3,9 @@ style transfer's `data.content=tfds:coco/2017:train` (each short side raised to 
 folders: `min_side`).
 
 An entry of `data.train` (`data.content`) that starts with `tfds:` names a set and split
-(`kx_vision.data.tfds_source`); its images are each example's `hr` (else `image`) feature. tensorflow-datasets reads through TensorFlow, so such
-a set trains on the tf.data pipeline only (either backend); with `data.pipeline=numpy`, or without
+(`kx_vision.data.tfds_source`); its images are each example's `hr` (else `image`) feature.
+tensorflow-datasets reads through TensorFlow, so such a set trains on the tf.data pipeline only (either
+backend); with `data.pipeline=numpy`, or without
 TensorFlow and tensorflow-datasets, `check_pipeline` stops with one `ConfigError` naming the entry.
 
 Memory (`data.cache`, as for folders):
@@ -21,15 +22,18 @@ Streaming, pass after pass: the split's files are read in a seeded shuffled orde
 encoded, the examples shuffled (seeded per pass) in a buffer of `EXAMPLE_BUFFER` encoded images (about
 140 MB of DIV2K's PNGs), each pass visiting every example once (several tfds sets: drawn at random in
 proportion to their sizes, each still once per pass); decoded by `streaming.default_decoders()` parallel
-calls; `data.patches_per_image` random crops and dihedral indices per image, drawn statelessly from
+calls, with Pillow as folders are (`images.read_image`: the same handling of grayscale, palette, alpha and
+16-bit images, and of damaged ones); `data.patches_per_image` random crops and dihedral indices per image, drawn statelessly from
 `(seed, pass, position)`; the patches of about `streaming.WINDOW_BATCHES` batches shuffled together;
 transformed (`random_dihedral_tf`), batched, degraded (`degrade_tf`) and prefetched. Memory holds the
 example buffer, the images being decoded and a few batches of patches, whatever the size of the set.
 
 An image smaller than the patch is found only when decoded: with `data.skip_small` it is skipped, counted
 and reported in one line at the end of each epoch (a pass with no image large enough stops the run);
-without it, the first one stops the run with a `DataError` naming it (raised inside the input pipeline:
-TensorFlow reports it with its own prefix).
+without it, the first one stops the run with a `DataError` naming it (raised inside the input pipeline;
+`kx_vision.cli` shows it as one line). An example whose image cannot be decoded is skipped, counted and
+reported at the end of the epoch, as a folder stream skips an unreadable file; a pass in which none could
+be decoded stops the run.
 
 Folders and tfds sets mix in `data.train` when the whole set is held in memory (`always`, or `auto` when
 it fits); a streamed mix stops with one `ConfigError` (convert the tfds set to a folder of PNGs, or train
@@ -37,7 +41,10 @@ on one kind). This module imports TensorFlow only when a set is read.
 """
 
 import importlib.util
+import re
 import threading
+
+import numpy as np
 
 from kx_vision.data import streaming, tfds_source
 from kx_vision.errors import ConfigError, DataError
@@ -208,6 +215,8 @@ class TfdsStream:
         self._lock = threading.Lock()
         self._pass, self._kept_in_pass = None, 0
         self._small, self._reported, self._first_small = 0, 0, None
+        self._seen_in_pass, self._unreadable_in_pass = 0, 0
+        self._unreadable, self._unreadable_reported, self._first_unreadable = 0, 0, None
 
     def _open(self, spec):
         name, split = tfds_source.parse(spec, default_split=self.default_split)
@@ -229,17 +238,44 @@ class TfdsStream:
 
     # --- what the pipeline reports ---
 
+    def _decode(self, data, name):
+        """Decode one example's encoded image with Pillow, as folders are read (`images.read_image`), its short
+        side raised to `min_side`: `(H, W, 3)` uint8, or `(0, 0, 3)` where it cannot be decoded (counted and
+        reported at the end of the epoch, as a folder stream skips an unreadable file)."""
+        import io
+
+        from kx_vision.data.images import read_image
+
+        try:
+            return streaming.upscale_to(read_image(io.BytesIO(data))[0], self.min_side)
+        except DataError as error:
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "its image", str(error.__cause__ or error))
+            message = f"{name}: {reason}"
+            with self._lock:
+                self._unreadable += 1
+                self._first_unreadable = self._first_unreadable or message
+            return np.zeros((0, 0, 3), np.uint8)
+
     def _keep(self, pass_index, height, width, name):
-        """Called in order for every decoded image: whether it is large enough to crop."""
+        """Called in order for every example: whether it was decoded and is large enough to crop."""
         pass_index, height, width = int(pass_index), int(height), int(width)
         size = self.patch_size
         with self._lock:
-            self.decodes += 1
             if pass_index != self._pass:
                 if self._pass is not None and not self._kept_in_pass:
+                    if self._unreadable and self._seen_in_pass == self._unreadable_in_pass:
+                        raise DataError(f"none of the {self._seen_in_pass} {self.what}s of {', '.join(self.specs)} "
+                                        f"could be decoded (first: {self._first_unreadable})")
                     raise DataError(f"no {self.what} of {', '.join(self.specs)} is at least {size} pixels on "
                                     "its short side")
                 self._pass, self._kept_in_pass = pass_index, 0
+                self._seen_in_pass, self._unreadable_in_pass = 0, 0
+            self._seen_in_pass += 1
+            if height == 0:  # could not be decoded: counted by _decode
+                self._unreadable_in_pass += 1
+                return False
+            self.decodes += 1
             if min(height, width) >= size:
                 self._kept_in_pass += 1
                 return True
@@ -263,10 +299,21 @@ class TfdsStream:
         with self._lock:
             found, total, self._reported = self._small - self._reported, self._small, self._small
             first = self._first_small
+            bad, bad_total = self._unreadable - self._unreadable_reported, self._unreadable
+            self._unreadable_reported, first_bad = self._unreadable, self._first_unreadable
         if found:
             print(f"warning: skipped {found} {self.what}(s) {when} smaller than the {self.patch_size}x"
                   f"{self.patch_size} patch ({total} so far), first: {first}", flush=True)
-        return found
+        if bad:
+            print(f"warning: skipped {bad} {self.what}(s) {when} that could not be decoded ({bad_total} so far), "
+                  f"first: {first_bad}", flush=True)
+        return found + bad
+
+    @property
+    def unreadable(self):
+        """Examples skipped so far because their image could not be decoded (each time a pass met them)."""
+        with self._lock:
+            return self._unreadable
 
     def close(self):
         """Nothing to stop: tf.data owns the threads."""
@@ -315,10 +362,8 @@ class TfdsStream:
         size, count = self.patch_size, self.patches_per_image
 
         def decode(pass_index, position, data, name):
-            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-            if self.min_side:
-                image = upscale_tf(image, self.min_side)
-            return pass_index, position, image, name
+            image = tf.numpy_function(self._decode, [data, name], tf.uint8, stateful=True)
+            return pass_index, position, tf.ensure_shape(image, [None, None, 3]), name
 
         def keep(pass_index, position, image, name):
             shape = tf.shape(image)
@@ -355,24 +400,3 @@ class TfdsStream:
         from kx_vision.data.superres import stream_dataset
 
         return stream_dataset(self, scale, augment=augment, steps_per_epoch=steps_per_epoch)
-
-
-def upscale_tf(image, min_side):
-    """`streaming.upscale_to` in TensorFlow ops, inside the input graph: an `(H, W, 3)` uint8 image with its
-    short side raised to `min_side` (bicubic, aspect kept, the same size as `streaming.upscaled_size`);
-    unchanged when already that large. TensorFlow's bicubic kernel and Pillow's agree within one 8-bit level
-    on smooth images; near sharp edges their borders and rounding differ by more (`tests/test_tfds_source.py`)."""
-    import tensorflow as tf
-
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    short = tf.minimum(height, width)
-
-    def raised():
-        factor = min_side / tf.cast(short, tf.float64)
-        size = [tf.maximum(min_side, tf.cast(tf.math.ceil(tf.cast(side, tf.float64) * factor), tf.int32))
-                for side in (height, width)]
-        resized = tf.image.resize(image, size, method="bicubic")
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-    return tf.cond(short < min_side, raised, lambda: image)
