@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -146,22 +147,29 @@ def test_keras_still_needs_the_multi_worker_fixes(folders, tmp_path):
     """Without kx_vision.keras_fixes.MultiWorkerFit, Keras's TensorFlow trainer cannot start `fit` under
     MultiWorkerMirroredStrategy. If this fails, Keras fixed it: delete MultiWorkerFit."""
     ports = [_free_port(), _free_port()]
+    logs = [open(tmp_path / f"worker{i}.log", "w+") for i in range(2)]  # files: a full pipe would block a worker
     workers = [subprocess.Popen([sys.executable, str(WORKER), "worker-unfixed", str(folders), str(tmp_path / "run")],
-                                env=_cluster_env(i, ports), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for i in range(2)]
-    outputs = []
+                                env=_cluster_env(i, ports), stdout=log, stderr=subprocess.STDOUT, text=True)
+               for i, log in enumerate(logs)]
     try:
-        for w in workers:
-            try:
-                outputs.append(w.communicate(timeout=240))
-            except subprocess.TimeoutExpired:  # a worker left waiting for its failed peer
-                w.kill()
-                outputs.append(w.communicate())
+        # Once one worker has failed, its peer may wait for it in a collective until a long timeout: give it
+        # a short grace, then stop it (its output up to then is kept).
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and all(w.poll() is None for w in workers):
+            time.sleep(0.2)
+        grace = min(deadline, time.monotonic() + 20)
+        while time.monotonic() < grace and any(w.poll() is None for w in workers):
+            time.sleep(0.2)
     finally:
         for w in workers:
             w.kill()
+            w.wait()
+    errors = ""
+    for log in logs:
+        log.seek(0)
+        errors += log.read()
+        log.close()
     assert all(w.returncode != 0 for w in workers)
-    errors = "".join(stderr for _, stderr in outputs)
     assert "PerReplica" in errors or "Invalid reduction dimension" in errors, errors[-3000:]
 
 
