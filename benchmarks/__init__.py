@@ -3,6 +3,9 @@
 import json
 import os
 import platform
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_device():
@@ -17,3 +20,15 @@ def emit(record, out=None):
     if out:
         with open(out, "a") as f:
             f.write(line + "\n")
+
+
+def backend_env(pipeline, source=REPO):
+    """The environment of a measuring subprocess: `numpy` (or `jax`) runs on JAX with TensorFlow hidden
+    (`tests/no_tensorflow`), as on a JAX-only machine; `tf_data` (or `tensorflow`) on TensorFlow. `source`:
+    the checkout whose `kx_vision` is measured."""
+    jax = pipeline in ("numpy", "jax")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax" if jax else "tensorflow",
+           "PYTHONPATH": str(source)}
+    if jax:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "no_tensorflow"), str(source)])
+    return env

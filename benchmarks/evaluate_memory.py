@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import cpu_device, emit
+from benchmarks import backend_env, cpu_device, emit
 from benchmarks.pipeline_memory import make_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,20 +66,13 @@ def _call(job):
     function(args)
 
 
-def environment(backend, source):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend, "PYTHONPATH": str(source)}
-    if backend == "jax":
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "no_tensorflow"), str(source)])
-    return env
-
-
 def measure(root, model, count, backend, source, scratch):
     """Evaluate in a fresh process; `(peak_rss_mib, seconds, result, returncode, tail)`."""
     command = [sys.executable, "-m", "kx_vision.evaluate", "segmentation", "--model", str(model),
                "--images", str(root / "images"), "--masks", str(root / "masks"), "--num-classes", "11",
                "--ignore-class", "11", "--limit", str(count), "--json"]
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=environment(backend, source), stdout=subprocess.PIPE,
+    process = subprocess.Popen(command, env=backend_env(backend, source), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=scratch)
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -108,7 +101,7 @@ def main(argv=None):
         make_pairs(root, max(args.counts), width, height)
         model = root / "unet.keras"
         if not model.exists():
-            subprocess.run([sys.executable, "-c", MODEL, str(model)], env=environment("tensorflow", REPO),
+            subprocess.run([sys.executable, "-c", MODEL, str(model)], env=backend_env("tensorflow", REPO),
                            check=True, cwd=scratch)
         generated = time.perf_counter() - start
         for backend in args.backends:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import cpu_device, emit
+from benchmarks import backend_env, cpu_device, emit
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("150x640x480", "1500x640x480", "200x1024x768", "4000x1024x768")
@@ -69,12 +69,7 @@ def parse_set(text):
 
 def measure(folder, pipeline, steps, assignments, scratch):
     """Train in a fresh process; `(peak_rss_mib, seconds, data_line, returncode, tail)`."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-    if pipeline == "numpy":
-        env["KERAS_BACKEND"] = "jax"
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "no_tensorflow"), str(REPO)])
-    else:
-        env["KERAS_BACKEND"] = "tensorflow"
+    env = backend_env(pipeline)
     output = Path(scratch) / f"run_{time.time_ns()}"
     command = [sys.executable, "-m", "kx_vision.train", "superres", "--output", str(output),
                "--set", f"data.train={folder}", "--set", "epochs=1", "--set", f"steps_per_epoch={steps}",

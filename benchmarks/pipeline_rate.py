@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import cpu_device, emit
+from benchmarks import backend_env, cpu_device, emit
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"cache": ["data.cache=always"], "stream": ["data.cache=never"],
@@ -133,12 +133,7 @@ def main(argv=None):
             folder = as_bmp(folder, Path(root) / "bmp")
         for measure in args.measures:
             for pipeline in args.pipelines:
-                env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-                if pipeline == "numpy":
-                    env.update(KERAS_BACKEND="jax",
-                               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "no_tensorflow"), str(REPO)]))
-                else:
-                    env["KERAS_BACKEND"] = "tensorflow"
+                env = backend_env(pipeline)
                 for mode in args.modes:
                     done = subprocess.run([sys.executable, "-m", "benchmarks.pipeline_rate", "--one", str(folder),
                                            pipeline, mode, measure, "--batches", str(args.batches)],

@@ -18,7 +18,6 @@ process's peak RSS.
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import cpu_device, emit
+from benchmarks import backend_env, cpu_device, emit
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "seg" / "camvid"
@@ -121,12 +120,7 @@ def main(argv=None):
         else:
             images, masks = make_pairs(Path(root), 120)
         for pipeline in args.pipelines:
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-            if pipeline == "numpy":
-                env.update(KERAS_BACKEND="jax",
-                           PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "no_tensorflow"), str(REPO)]))
-            else:
-                env["KERAS_BACKEND"] = "tensorflow"
+            env = backend_env(pipeline)
             for mode in args.modes:
                 done = subprocess.run([sys.executable, "-m", "benchmarks.segmentation_rate", "--one", str(images),
                                        str(masks), pipeline, mode, "--epochs", str(args.epochs),

@@ -91,17 +91,12 @@ def run(command, interrupted="interrupted"):
     except KxVisionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
-        message = _os_error_message(error)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
     except Exception as error:
-        message = _wrapped_message(error)
+        # A file that cannot be written, or one of our errors wrapped by TensorFlow; anything else keeps its traceback.
+        message = _os_error_message(error) if isinstance(error, OSError) else _wrapped_message(error)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
