@@ -65,6 +65,11 @@ def one(folder, pipeline, mode, kind, batches, scratch):
             if index == WARMUP - 1:
                 marks["start"] = (time.perf_counter(), cpu_seconds())
         marks["end"] = (time.perf_counter(), cpu_seconds())
+        # Freed now, while tf.data's threads can still run. The first `import keras` ran in this frame and
+        # leaves a reference cycle through the frames of that import, so this frame and the iterator would
+        # otherwise be freed by the collector at interpreter exit, where destroying an iterator with a
+        # numpy_function in flight never finishes (the process hung after printing its result).
+        del iterator
     else:
         class Clock(keras.callbacks.Callback):
             def on_train_batch_end(self, index, logs=None):

@@ -21,3 +21,30 @@ def test_harness_prints_one_json_line_per_measurement(tmp_path, capsys):
     assert printed == [json.loads(line) for line in out.read_text().splitlines()]
     (record,) = printed
     assert record["benchmark"] == "sr_infer" and record["step_ms"] > 0 and record["backend"] and record["device"]
+
+
+def test_pipeline_rate_measuring_process_exits_after_its_line(tmp_path):
+    # It hung after printing: the input iterator, left mid-stream with a numpy_function in flight, was freed only
+    # by the collector at interpreter exit, where tf.data's threads can no longer run.
+    import subprocess
+
+    import keras
+    import pytest
+
+    from benchmarks import backend_env
+
+    pipeline = "tf_data" if keras.backend.backend() == "tensorflow" else "numpy"
+    if pipeline == "tf_data":
+        pytest.importorskip("tensorflow")
+    sample = Path(__file__).resolve().parents[1] / "kx_vision" / "data" / "sample" / "train"
+    argv = [sys.executable, "-m", "benchmarks.pipeline_rate", "--one", str(sample), pipeline, "cache", "input",
+            "--batches", "5"]
+    env = backend_env(pipeline)
+    if pipeline == "tf_data":  # as typed by a user: Keras's default backend (what left the cycle behind)
+        del env["KERAS_BACKEND"]
+        env["KERAS_HOME"] = str(tmp_path)  # no keras.json choosing another one
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert record["batches"] == 5 and record["images_per_s"] > 0
