@@ -19,6 +19,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from kx_vision.data import tf_python
 from kx_vision.data.masks import PairReader
 
 MIN_CROP = 0.6  # smallest crop side, as a fraction of the image's
@@ -138,7 +139,7 @@ def train_dataset(reader, image_size, batch_size, seed=0, augment=True, rotate_d
         reader.end_pass("this epoch")
 
     signature = _SIGNATURE + (tf.TensorSpec((2,), tf.int64),)
-    pairs = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    pairs = tf_python.from_generator(generate, output_signature=signature)
     pairs = pairs.apply(tf.data.experimental.assert_cardinality(count))
     if augment:
         pairs = pairs.map(lambda i, m, s: augment_pair(i, m, s, size, rotate_degrees=rotate_degrees),
@@ -160,7 +161,7 @@ def validation_dataset(reader, image_size, batch_size, workers=None):
             yield image, mask
         reader.end_pass("validation")
 
-    pairs = tf.data.Dataset.from_generator(generate, output_signature=_SIGNATURE)
+    pairs = tf_python.from_generator(generate, output_signature=_SIGNATURE)
     pairs = pairs.apply(tf.data.experimental.assert_cardinality(len(reader)))
     pairs = pairs.map(lambda i, m: _resize_pair(i, m, size), num_parallel_calls=tf.data.AUTOTUNE)
     return pairs.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -18,7 +18,7 @@ try:
 except ImportError:  # JAX-only machines use kx_vision.data.arrays; the TF-free helpers below still work
     tf = None
 
-from kx_vision.data import definitions, streaming, transforms
+from kx_vision.data import definitions, streaming, tf_python, transforms
 from kx_vision.data.images import list_images, load_images
 
 
@@ -97,7 +97,7 @@ def stream_dataset(stream, scale, augment=True, steps_per_epoch=None):
 
     def to_pair(batch_index, patches):
         if steps_per_epoch:
-            done = tf.numpy_function(made, [batch_index], tf.int64, stateful=True)
+            done = tf_python.numpy_function(made, [batch_index], tf.int64)
             with tf.control_dependencies([done]):
                 patches = tf.identity(patches)
         hr = tf.cast(patches, tf.float32) / 255.0
@@ -122,7 +122,7 @@ def _window_patches(stream):
         return patches, dihedral.astype(np.int32)
 
     def window(window_id):
-        patches, dihedral = tf.numpy_function(read, [window_id], (tf.uint8, tf.int32), stateful=True)
+        patches, dihedral = tf_python.numpy_function(read, [window_id], (tf.uint8, tf.int32))
         return tf.ensure_shape(patches, [None, size, size, 3]), tf.ensure_shape(dihedral, [None])
 
     return (
@@ -149,7 +149,7 @@ def pairs_dataset(pairs):
         tf.TensorSpec((1, None, None, 3), tf.float32),
         tf.TensorSpec((1, None, None, 3), tf.float32),
     )
-    dataset = tf.data.Dataset.from_generator(lambda: iter(pairs), output_signature=signature)
+    dataset = tf_python.from_generator(lambda: iter(pairs), output_signature=signature)
     # A known length lets Keras end each validation pass without an "ran out of data" warning.
     return dataset.apply(tf.data.experimental.assert_cardinality(len(pairs)))
 

@@ -46,7 +46,7 @@ import threading
 
 import numpy as np
 
-from kx_vision.data import streaming, tfds_source
+from kx_vision.data import streaming, tf_python, tfds_source
 from kx_vision.errors import ConfigError, DataError
 
 # Encoded examples shuffled together in a stream (see the module docstring).
@@ -362,12 +362,12 @@ class TfdsStream:
         size, count = self.patch_size, self.patches_per_image
 
         def decode(pass_index, position, data, name):
-            image = tf.numpy_function(self._decode, [data, name], tf.uint8, stateful=True)
+            image = tf_python.numpy_function(self._decode, [data, name], tf.uint8)
             return pass_index, position, tf.ensure_shape(image, [None, None, 3]), name
 
         def keep(pass_index, position, image, name):
             shape = tf.shape(image)
-            kept = tf.numpy_function(self._keep, [pass_index, shape[0], shape[1], name], tf.bool, stateful=True)
+            kept = tf_python.numpy_function(self._keep, [pass_index, shape[0], shape[1], name], tf.bool)
             return tf.ensure_shape(kept, [])
 
         def crop(pass_index, position, image, name):

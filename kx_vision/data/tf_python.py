@@ -1,0 +1,129 @@
+"""Python called from inside tf.data pipelines, stopped before the interpreter exits.
+
+A tf.data iterator still alive when Python shuts down (a script that iterates `data.train` and ends, a notebook
+kernel that stops) is destroyed during interpreter finalization. If one of its threads is then inside a
+`tf.numpy_function` or a `Dataset.from_generator` generator, that thread can never take the GIL again, and the
+destruction waits for it forever: the process hangs after its last line (seen in about one run in three of a
+script that keeps an iterator of `data.train`).
+
+`numpy_function` and `from_generator` below run their Python through one gate that an `atexit` hook closes
+(atexit hooks run before finalization, while other threads can still take the GIL): calls already running
+finish, later ones return at once (the pipeline fails or ends; nobody reads it any more), and the hook waits
+until no call has come for a moment, i.e. until the pipeline's buffers are full and its threads are idle.
+TensorFlow is imported only by these functions: this module is safe to import without it.
+"""
+
+import atexit
+import threading
+import time
+
+_QUIET_S = 0.1  # no call for this long: the pipelines' threads are idle
+_WAIT_S = 5.0  # at most this long at exit
+
+_lock = threading.Lock()
+_state = {"open": True, "running": 0, "last": 0.0, "registered": False}
+
+
+class PipelineStopped(RuntimeError):
+    """Raised inside a tf.data pipeline once the interpreter has started to exit."""
+
+
+def _enter():
+    with _lock:
+        _state["last"] = time.monotonic()
+        if not _state["open"]:
+            raise PipelineStopped("the Python interpreter is exiting: this tf.data pipeline was stopped")
+        _state["running"] += 1
+
+
+def _leave():
+    with _lock:
+        _state["running"] -= 1
+        _state["last"] = time.monotonic()
+
+
+def _register():
+    with _lock:
+        if _state["registered"]:
+            return
+        _state["registered"] = True
+    atexit.register(close)
+
+
+def close(wait_s=_WAIT_S):
+    """Close the gate: calls running finish, new ones raise `PipelineStopped` (generators end). Returns once
+    no call has been running or started for `_QUIET_S` seconds, or after `wait_s`; whether it got quiet.
+    Called at interpreter exit; `reopen()` undoes it (tests)."""
+    with _lock:
+        _state["open"] = False
+    deadline = time.monotonic() + wait_s
+    while True:
+        with _lock:
+            quiet = _state["running"] == 0 and time.monotonic() - _state["last"] >= _QUIET_S
+        if quiet:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_QUIET_S / 4)
+
+
+def reopen():
+    with _lock:
+        _state["open"] = True
+
+
+def is_open():
+    with _lock:
+        return _state["open"]
+
+
+def numpy_function(func, inp, Tout, name=None):
+    """`tf.numpy_function(func, inp, Tout, stateful=True)` with `func` run through the gate."""
+    import tensorflow as tf
+
+    _register()
+
+    def gated(*args):
+        try:
+            _enter()
+        except PipelineStopped:
+            # As end of input (OutOfRange): TensorFlow logs any other error from a py_func with its traceback.
+            raise StopIteration from None
+        try:
+            return func(*args)
+        finally:
+            _leave()
+
+    return tf.numpy_function(gated, inp, Tout, stateful=True, name=name)
+
+
+def from_generator(generator, output_signature):
+    """`tf.data.Dataset.from_generator(generator, output_signature=...)` whose generator ends at once when
+    the gate is closed; each of its steps runs through the gate."""
+    import tensorflow as tf
+
+    _register()
+
+    def gated():
+        try:
+            _enter()
+        except PipelineStopped:
+            return
+        try:
+            items = iter(generator())
+        finally:
+            _leave()
+        while True:
+            try:
+                _enter()
+            except PipelineStopped:
+                return
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                _leave()
+            yield item
+
+    return tf.data.Dataset.from_generator(gated, output_signature=output_signature)
