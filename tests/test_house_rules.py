@@ -22,6 +22,14 @@ def test_keras_ops_only(part):
     assert not any("layers.Lambda(" in f.read_text() for f in files)
 
 
+def test_python_in_tf_data_goes_through_the_exit_gate():
+    # `kx_vision.data.tf_python` stops such calls at interpreter exit; called directly, they can hang it there.
+    pattern = re.compile(r"\b(tf\.numpy_function|tf\.py_function|from_generator)\(")
+    offenders = [str(f) for f in sorted(PACKAGE.rglob("*.py"))
+                 if f.name != "tf_python.py" and pattern.search(re.sub(r"tf_python\.\w+\(", "", f.read_text()))]
+    assert not offenders, f"tf.data calls into Python not through kx_vision.data.tf_python in {offenders}"
+
+
 def test_public_objects_are_registered():
     from kx_vision import layers, losses, metrics, models, optimizers
 
