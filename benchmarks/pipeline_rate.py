@@ -3,6 +3,8 @@
     python -m benchmarks.pipeline_rate                        # 150 generated 640x480 PNGs, both pipelines
     python -m benchmarks.pipeline_rate --data DIR --batches 100
     python -m benchmarks.pipeline_rate --format bmp            # the same 150 images as uncompressed BMPs
+    python -m benchmarks.pipeline_rate --source tfds           # the same 150 PNGs as a tensorflow-datasets set
+    python -m benchmarks.pipeline_rate --decode-cost           # CPU ms per decoded PNG: Pillow, OpenCV, TensorFlow
 
 For each pipeline (`tf_data` under TensorFlow; `numpy`, the `PyDataset`, under JAX with TensorFlow hidden)
 and each way of reading the images (`cache`: decoded into memory first, `data.cache=always`; `stream`:
@@ -15,6 +17,9 @@ the default super-resolution settings (HR patches 48, batch 16, x2):
 
 Each prints one JSON line: images/s (wall clock), and images per CPU-second of the whole process (user +
 system time of all its threads): the rate per core, which does not depend on what else the machine runs.
+
+`--source tfds` measures `kx_vision.data.tfds_stream` (`data.train=tfds:...`, tf_data only) on the same images
+written, still PNG-encoded, into a tensorflow-datasets set (`kx_bench_images`, built in a temporary data dir).
 """
 
 import argparse
@@ -49,6 +54,8 @@ def one(folder, pipeline, mode, kind, batches, scratch):
     from kx_vision.tasks import superres
 
     steps = WARMUP + batches
+    if folder.startswith("tfds:"):
+        bench_images_builder()  # registers `kx_bench_images` (prepared by the parent in $TFDS_DATA_DIR)
     config = config_lib.load(superres.SuperResConfig, None, [
         f"data.train={folder}", f"data.pipeline={pipeline}", "epochs=1", f"steps_per_epoch={steps}",
         *MODES[mode]])
@@ -84,12 +91,95 @@ def one(folder, pipeline, mode, kind, batches, scratch):
     cpu = marks["end"][1] - marks["start"][1]
     images = batches * batch
     return {"benchmark": "pipeline_rate", "measure": kind, "pipeline": pipeline, "backend": keras.backend.backend(),
-            "mode": mode, "files": ",".join(sorted({Path(n).suffix.lstrip(".") for n in os.listdir(folder)})),
+            "mode": mode, "files": _kinds(folder),
             "patches_per_image": config.data.patches_per_image, "batch": batch,
             "patch": config.data.patch_size, "batches": batches, "images_per_s": round(images / seconds, 1),
             "images_per_cpu_s": round(images / cpu, 1), "cpu_busy": round(cpu / seconds, 2),
             "device": cpu_device(),
             "date": time.strftime("%Y-%m-%d")}
+
+
+def _kinds(folder):
+    if folder.startswith("tfds:"):
+        return f"{folder} ({_kinds(os.environ['KX_BENCH_IMAGES'])})"
+    return ",".join(sorted({Path(n).suffix.lstrip(".") for n in os.listdir(folder)}))
+
+
+def bench_images_builder():
+    """The tensorflow-datasets builder class `kx_bench_images`: one `image` feature, a `train` split of the
+    PNG and JPEG files of `KX_BENCH_IMAGES` stored as they are (not re-encoded). Defining it registers it."""
+    import tensorflow_datasets as tfds
+
+    global _BUILDER
+    if _BUILDER is None:
+        class KxBenchImages(tfds.core.GeneratorBasedBuilder):
+            VERSION = tfds.core.Version("1.0.0")
+            # No source folder, so no checksums file to find (tfds's lookup of it needs importlib_resources
+            # when the class is defined in an imported module rather than __main__).
+            code_path = None
+
+            def _info(self):
+                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                    {"image": tfds.features.Image()}))
+
+            def _split_generators(self, dl_manager):
+                return {"train": self._generate_examples(Path(os.environ["KX_BENCH_IMAGES"]))}
+
+            def _generate_examples(self, folder):
+                for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")):
+                    yield path.stem, {"image": path}
+
+        _BUILDER = KxBenchImages
+    return _BUILDER
+
+
+_BUILDER = None
+
+
+def as_tfds(folder, data_dir):
+    """Writes the images of `folder` as the tfds set `kx_bench_images` under `data_dir`; its spec."""
+    os.environ["KX_BENCH_IMAGES"] = str(folder)
+    bench_images_builder()(data_dir=str(data_dir)).download_and_prepare()
+    return "tfds:kx_bench_images:train"
+
+
+def decoders():
+    """`{name: decode}`: encoded image bytes -> `(H, W, 3)` uint8 RGB, by Pillow (what the streams use:
+    `images.read_image`), OpenCV and TensorFlow (`tf.io.decode_image`), those installed."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    found = {"pillow": lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))}
+    try:
+        import cv2
+
+        found["opencv"] = lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        found["tensorflow"] = lambda b: tf.io.decode_image(b, channels=3, expand_animations=False).numpy()
+    except ImportError:
+        pass
+    return found
+
+
+def decode_costs(folder, repeats=2):
+    """CPU milliseconds to decode each image file of `folder` from bytes in memory (`decoders()`)."""
+    blobs = [p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in (".png", ".jpg", ".bmp")]
+    record = {"benchmark": "decode_cost", "images": len(blobs), "repeats": repeats,
+              "files": _kinds(str(folder)), "device": cpu_device(), "date": time.strftime("%Y-%m-%d")}
+    for name, decode in decoders().items():
+        decode(blobs[0])
+        start = cpu_seconds()
+        for _ in range(repeats):
+            for blob in blobs:
+                decode(blob)
+        record[f"{name}_cpu_ms"] = round((cpu_seconds() - start) / (repeats * len(blobs)) * 1e3, 2)
+    return record
 
 
 def as_bmp(folder, output):
@@ -117,13 +207,21 @@ def main(argv=None):
     parser.add_argument("--format", choices=["png", "bmp"], default="png",
                         help="file format of the generated images (bmp: uncompressed, what `python -m "
                              "kx_vision.prepare crop --format bmp` writes; decoding costs ~14x less CPU)")
-    parser.add_argument("--pipelines", nargs="+", default=["tf_data", "numpy"], choices=["tf_data", "numpy"])
+    parser.add_argument("--source", choices=["folder", "tfds"], default="folder",
+                        help="tfds: the generated PNGs as a tensorflow-datasets set (tf_data only)")
+    parser.add_argument("--pipelines", nargs="+", default=None, choices=["tf_data", "numpy"],
+                        help="default: both (tfds: tf_data)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--measures", nargs="+", default=["input", "train"], choices=["input", "train"])
     parser.add_argument("--batches", type=int, default=60, help="timed batches (after 5 warm-up ones)")
+    parser.add_argument("--decode-cost", action="store_true",
+                        help="only: CPU ms to decode one image with Pillow, OpenCV and TensorFlow")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     parser.add_argument("--one", nargs=4, metavar=("FOLDER", "PIPELINE", "MODE", "MEASURE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.source == "tfds" and (args.format != "png" or "numpy" in (args.pipelines or [])):
+        parser.error("--source tfds measures encoded images (PNG, JPEG) on the tf_data pipeline")
+    pipelines = args.pipelines or (["tf_data"] if args.source == "tfds" else ["tf_data", "numpy"])
 
     if args.one:
         with tempfile.TemporaryDirectory() as scratch:
@@ -136,9 +234,16 @@ def main(argv=None):
         folder = args.data or make_images(Path(root) / "images", 150, 640, 480)
         if not args.data and args.format == "bmp":
             folder = as_bmp(folder, Path(root) / "bmp")
+        if args.decode_cost:
+            emit(decode_costs(folder), args.out)
+            return
+        extra_env = {}
+        if args.source == "tfds":
+            extra_env["TFDS_DATA_DIR"] = str(Path(root) / "tfds")
+            folder = as_tfds(folder, extra_env["TFDS_DATA_DIR"])
         for measure in args.measures:
-            for pipeline in args.pipelines:
-                env = backend_env(pipeline)
+            for pipeline in pipelines:
+                env = {**backend_env(pipeline), **extra_env}
                 for mode in args.modes:
                     done = subprocess.run([sys.executable, "-m", "benchmarks.pipeline_rate", "--one", str(folder),
                                            pipeline, mode, measure, "--batches", str(args.batches)],

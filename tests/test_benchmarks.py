@@ -48,3 +48,39 @@ def test_pipeline_rate_measuring_process_exits_after_its_line(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
     assert record["batches"] == 5 and record["images_per_s"] > 0
+
+
+def test_pipeline_rate_measures_a_tfds_set_of_the_same_images(tmp_path):
+    import keras
+    import pytest
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tfds streams are tf_data's: measured in the TensorFlow session")
+    pytest.importorskip("tensorflow_datasets")
+    from benchmarks import pipeline_rate
+
+    sample = Path(__file__).resolve().parents[1] / "kx_vision" / "data" / "sample" / "train"
+    out = tmp_path / "rate.jsonl"
+    pipeline_rate.main(["--source", "tfds", "--data", str(sample), "--modes", "stream", "--measures", "input",
+                        "--batches", "2", "--out", str(out)])
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "error" not in record, record.get("error")
+    assert record["files"] == "tfds:kx_bench_images:train (jpg,png)" and record["mode"] == "stream"
+    assert record["pipeline"] == "tf_data" and record["images_per_s"] > 0
+
+
+def test_decoders_compared_give_the_same_pixels():
+    # The decode-cost comparison (BENCHMARKS.md) is of like with like: the same RGB arrays from each library.
+    import numpy as np
+
+    from benchmarks import pipeline_rate
+
+    sample = Path(__file__).resolve().parents[1] / "kx_vision" / "data" / "sample" / "train"
+    png = next(p for p in sorted(sample.iterdir()) if p.suffix == ".png").read_bytes()
+    decoded = {name: decode(png) for name, decode in pipeline_rate.decoders().items()}
+    assert len(decoded) >= 2
+    for name, pixels in decoded.items():
+        assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3, name
+        np.testing.assert_array_equal(pixels, decoded["pillow"], err_msg=name)
+    record = pipeline_rate.decode_costs(sample, repeats=1)
+    assert record["images"] == 6 and record["pillow_cpu_ms"] > 0
