@@ -121,6 +121,33 @@ def time_fit(model, xs, ys, steps, repeats):
     return statistics.median(timer.times[1:]) / steps, timer.times[0]
 
 
+def step_cost_analysis(model, x, y, seconds):
+    """On JAX, XLA's cost analysis of the model's training step (`jax.stages.Lowered.cost_analysis`, no
+    compilation): the FLOPs and bytes it counts, and what they make per second at the measured step time,
+    to set a step against the card's roofline (issue 16: what a missed target's profile shows). Taken after
+    the timing; `{}` on other backends, the error in one field if JAX cannot say."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return {}
+    try:
+        import jax
+
+        state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                     optimizer_variables=True, metrics_variables=True)
+        cost = jax.jit(model.train_step).lower(state, (x, y)).cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops, moved = cost.get("flops"), cost.get("bytes accessed")
+        found = {"xla_gflop": round(flops / 1e9, 2) if flops else None,
+                 "xla_gbytes": round(moved / 1e9, 3) if moved else None}
+        if flops and moved:
+            found.update(xla_tflops=round(flops / seconds / 1e12, 2), xla_tbytes_per_s=round(moved / seconds / 1e12, 3),
+                         xla_flop_per_byte=round(flops / moved, 1))
+        return found
+    except Exception as error:  # noqa: BLE001 - a diagnostic, never a reason to lose the measurement
+        return {"xla_cost_error": f"{type(error).__name__}: {error}"[:300]}
+
+
 def random_batches(shape_x, shape_y, count=4, labels=None):
     import keras
     import numpy as np
@@ -159,7 +186,8 @@ def bench_edsr_train(args):
             emit({"benchmark": "edsr_train", "model": f"EDSR x2 {blocks} blocks {filters} filters",
                   "precision": precision, "batch": batch, "size": lr_size, "step_ms": round(seconds * 1e3, 3),
                   "images_per_s": round(batch / seconds, 1), "tflops": round(flops / seconds / 1e12, 2),
-                  "steps": args.steps, "repeats": args.repeats, "warmup_s": round(warmup, 2)}, args.out)
+                  "steps": args.steps, "repeats": args.repeats, "warmup_s": round(warmup, 2),
+                  **step_cost_analysis(model, xs[0], ys[0], seconds)}, args.out)
             keras.config.set_dtype_policy("float32")
 
 

@@ -84,3 +84,20 @@ def test_decoders_compared_give_the_same_pixels():
         np.testing.assert_array_equal(pixels, decoded["pillow"], err_msg=name)
     record = pipeline_rate.decode_costs(sample, repeats=1)
     assert record["images"] == 6 and record["pillow_cpu_ms"] > 0
+
+
+def test_edsr_train_reports_xla_cost_analysis_on_jax(tmp_path, capsys):
+    import keras
+    import pytest
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("XLA's cost analysis of the training step is JAX's")
+    out = tmp_path / "bench.jsonl"
+    run.main(["--quick", "--only", "edsr_train", "--precision", "float32", "--configs", "2x16", "--steps", "2",
+              "--repeats", "1", "--out", str(out)])
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "xla_cost_error" not in record, record.get("xla_cost_error")
+    # What XLA counts is near the peer's analytic count of the same step (4 blocks of 32 filters: --quick).
+    analytic = run.edsr_train_flops(2, 16, 2, 4, 32) / 1e9
+    assert 0.6 * analytic < record["xla_gflop"] < 1.4 * analytic
+    assert record["xla_flop_per_byte"] > 1
