@@ -6,10 +6,11 @@ kernel that stops) is destroyed during interpreter finalization. If one of its t
 destruction waits for it forever: the process hangs after its last line (seen in about one run in three of a
 script that keeps an iterator of `data.train`).
 
-`numpy_function` and `from_generator` below run their Python through one gate that an `atexit` hook closes
-(atexit hooks run before finalization, while other threads can still take the GIL): calls already running
-finish, later ones return at once (the pipeline fails or ends; nobody reads it any more), and the hook waits
-until no call has come for a moment, i.e. until the pipeline's buffers are full and its threads are idle.
+`numpy_function` and `from_generator` below run their Python through one gate that an exit hook closes (it
+runs before finalization, while other threads can still take the GIL, and before Python's thread pools stop:
+see `_register`): calls already running finish, later ones return at once (the pipeline fails or ends; nobody
+reads it any more), and the hook waits until no call has come for a moment, i.e. until the pipeline's buffers
+are full and its threads are idle.
 TensorFlow is imported only by these functions: this module is safe to import without it.
 """
 
@@ -18,7 +19,7 @@ import threading
 import time
 
 _QUIET_S = 0.1  # no call for this long: the pipelines' threads are idle
-_WAIT_S = 5.0  # at most this long at exit
+_WAIT_S = 10.0  # at most this long at exit (a running call decoding a window of large images)
 
 _lock = threading.Lock()
 _state = {"open": True, "running": 0, "last": 0.0, "registered": False}
@@ -43,11 +44,24 @@ def _leave():
 
 
 def _register():
+    """Close the gate at exit, before Python's thread pools stop. `concurrent.futures` stops its pools' workers
+    in a `threading._register_atexit` hook (at `threading._shutdown`, before `atexit` hooks run), leaving queued
+    jobs pending forever: a pipeline call then waiting for one (a `PatchStream` window being decoded, a
+    `PairReader.stream` step) would never return. These hooks run last-registered first, so registering ours
+    the same way, after that module's, lets running calls finish while the workers are still there."""
+    import concurrent.futures.thread  # noqa: F401 - its exit hook registered first, so ours runs before it
+
     with _lock:
         if _state["registered"]:
             return
         _state["registered"] = True
-    atexit.register(close)
+    register = getattr(threading, "_register_atexit", None)  # CPython 3.9+; private, as concurrent.futures uses it
+    try:
+        if register is None:
+            raise RuntimeError("no threading._register_atexit")
+        register(close)
+    except RuntimeError:  # not this CPython, or the interpreter is already shutting down
+        atexit.register(close)
 
 
 def close(wait_s=_WAIT_S):
