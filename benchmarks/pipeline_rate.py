@@ -23,6 +23,7 @@ written, still PNG-encoded, into a tensorflow-datasets set (`kx_bench_images`, b
 """
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -105,35 +106,32 @@ def _kinds(folder):
     return ",".join(sorted({Path(n).suffix.lstrip(".") for n in os.listdir(folder)}))
 
 
+@functools.cache
 def bench_images_builder():
     """The tensorflow-datasets builder class `kx_bench_images`: one `image` feature, a `train` split of the
-    PNG and JPEG files of `KX_BENCH_IMAGES` stored as they are (not re-encoded). Defining it registers it."""
+    image files of `KX_BENCH_IMAGES` stored as they are (not re-encoded). Defining it registers it."""
     import tensorflow_datasets as tfds
 
-    global _BUILDER
-    if _BUILDER is None:
-        class KxBenchImages(tfds.core.GeneratorBasedBuilder):
-            VERSION = tfds.core.Version("1.0.0")
-            # No source folder, so no checksums file to find (tfds's lookup of it needs importlib_resources
-            # when the class is defined in an imported module rather than __main__).
-            code_path = None
+    from kx_vision.data.images import list_images
 
-            def _info(self):
-                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                    {"image": tfds.features.Image()}))
+    class KxBenchImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        # No source folder, so no checksums file to find (tfds's lookup of it needs importlib_resources
+        # when the class is defined in an imported module rather than __main__).
+        code_path = None
 
-            def _split_generators(self, dl_manager):
-                return {"train": self._generate_examples(Path(os.environ["KX_BENCH_IMAGES"]))}
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image()}))
 
-            def _generate_examples(self, folder):
-                for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")):
-                    yield path.stem, {"image": path}
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(os.environ["KX_BENCH_IMAGES"])}
 
-        _BUILDER = KxBenchImages
-    return _BUILDER
+        def _generate_examples(self, folder):
+            for path in list_images(folder):
+                yield Path(path).stem, {"image": path}
 
-
-_BUILDER = None
+    return KxBenchImages
 
 
 def as_tfds(folder, data_dir):
@@ -169,7 +167,9 @@ def decoders():
 
 def decode_costs(folder, repeats=2):
     """CPU milliseconds to decode each image file of `folder` from bytes in memory (`decoders()`)."""
-    blobs = [p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in (".png", ".jpg", ".bmp")]
+    from kx_vision.data.images import list_images
+
+    blobs = [Path(path).read_bytes() for path in list_images(folder)]
     record = {"benchmark": "decode_cost", "images": len(blobs), "repeats": repeats,
               "files": _kinds(str(folder)), "device": cpu_device(), "date": time.strftime("%Y-%m-%d")}
     for name, decode in decoders().items():

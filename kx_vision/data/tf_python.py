@@ -25,16 +25,14 @@ _lock = threading.Lock()
 _state = {"open": True, "running": 0, "last": 0.0, "registered": False}
 
 
-class PipelineStopped(RuntimeError):
-    """Raised inside a tf.data pipeline once the interpreter has started to exit."""
-
-
 def _enter():
+    """Count a call in; False (nothing counted) once the gate is closed."""
     with _lock:
         _state["last"] = time.monotonic()
         if not _state["open"]:
-            raise PipelineStopped("the Python interpreter is exiting: this tf.data pipeline was stopped")
+            return False
         _state["running"] += 1
+        return True
 
 
 def _leave():
@@ -65,7 +63,7 @@ def _register():
 
 
 def close(wait_s=_WAIT_S):
-    """Close the gate: calls running finish, new ones raise `PipelineStopped` (generators end). Returns once
+    """Close the gate: calls running finish, new ones end their pipeline at once. Returns once
     no call has been running or started for `_QUIET_S` seconds, or after `wait_s`; whether it got quiet.
     Called at interpreter exit; `reopen()` undoes it (tests)."""
     with _lock:
@@ -98,11 +96,9 @@ def numpy_function(func, inp, Tout, name=None):
     _register()
 
     def gated(*args):
-        try:
-            _enter()
-        except PipelineStopped:
+        if not _enter():
             # As end of input (OutOfRange): TensorFlow logs any other error from a py_func with its traceback.
-            raise StopIteration from None
+            raise StopIteration
         try:
             return func(*args)
         finally:
@@ -119,19 +115,13 @@ def from_generator(generator, output_signature):
     _register()
 
     def gated():
-        try:
-            _enter()
-        except PipelineStopped:
+        if not _enter():
             return
         try:
             items = iter(generator())
         finally:
             _leave()
-        while True:
-            try:
-                _enter()
-            except PipelineStopped:
-                return
+        while _enter():
             try:
                 item = next(items)
             except StopIteration:
