@@ -11,6 +11,10 @@ are scaled to 8 bits, and an alpha channel is dropped (a note is printed). Image
 decompression-bomb limit (about 179 megapixels: twice `PIL.Image.MAX_IMAGE_PIXELS`) are refused unless
 `--allow-large-images`.
 
+Exported models: `--model FOLDER` of `kx-vision export --format onnx|litert|openvino` runs in ONNX Runtime, LiteRT
+or OpenVINO (`--runtime auto`, the default, picks an export's own runtime and Keras for anything else), with
+the same tiling, image I/O and outputs as the Keras path (`kx_vision.runtimes`).
+
 Outputs are lossless PNGs named `<input stem>_<suffix>.png` (`photo_x2.png`; `_mask` and `_overlay` for
 segmentation, `_styled` for style), each written atomically (a hidden `.tmp-<pid>-<name>` renamed into
 place; temporaries left by a killed run are removed by the next one). Inputs that share a stem
@@ -155,15 +159,19 @@ def _process(inputs, output, allow_large, load):
 
 
 def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, self_ensemble=False,
-        scale=None):
-    """Writes `<stem>_x<scale>.png`, super-resolved tile by tile (`tile=0`: in one piece)."""
+        scale=None, runtime="auto"):
+    """Writes `<stem>_x<scale>.png`, super-resolved tile by tile (`tile=0`: in one piece). `runtime`: see
+    `kx_vision.runtimes.chosen` (an exported model runs in ONNX Runtime, LiteRT or OpenVINO)."""
 
     def load():
         from PIL import Image
 
-        from kx_vision import inference
+        from kx_vision import inference, runtimes
 
-        predict, model_scale = inference.resolve_superres_model(model_path, scale, command="predict superres")
+        if runtimes.chosen(model_path, runtime):
+            predict, model_scale = runtimes.resolve_superres(model_path, scale, runtime, "predict superres")
+        else:
+            predict, model_scale = inference.resolve_superres_model(model_path, scale, command="predict superres")
         if self_ensemble:
             predict = inference.self_ensemble(predict)
 
@@ -185,19 +193,22 @@ PALETTE = np.array([
 ] + [[(37 * i) % 256, (97 * i) % 256, (173 * i) % 256] for i in range(12, 256)], dtype=np.uint8)
 
 
-def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5):
+def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, runtime="auto"):
     """Writes `<stem>_mask.png` (class ids as a palette PNG: the pixel values are the ids) and
     `<stem>_overlay.png` (class colours blended over the image) for each input image."""
 
     def load():
         from PIL import Image
 
-        from kx_vision import inference
+        from kx_vision import inference, runtimes
         from kx_vision.models.loading import load_model
 
-        model = inference.check_task(load_model(model_path), model_path, "segmentation", "predict segmentation")
-        predict = inference.checked_output(inference.as_predict_fn(model), model_path, "segmentation",
-                                           channels=getattr(model, "num_classes", None))
+        if runtimes.chosen(model_path, runtime):
+            predict, _ = runtimes.resolve(model_path, "segmentation", runtime, "predict segmentation")
+        else:
+            model = inference.check_task(load_model(model_path), model_path, "segmentation", "predict segmentation")
+            predict = inference.checked_output(inference.as_predict_fn(model), model_path, "segmentation",
+                                               channels=getattr(model, "num_classes", None))
 
         def render(path, image):
             probs = predict(image[None].astype(np.float32) / 255.0)[0]
@@ -213,19 +224,23 @@ def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5):
     return _process(inputs, output, allow_large, load)
 
 
-def run_style(model_path, inputs, output, allow_large=False):
+def run_style(model_path, inputs, output, allow_large=False, runtime="auto"):
     """Writes `<stem>_styled.png` for each input image, at the input's size."""
 
     def load():
         from PIL import Image
 
-        from kx_vision import inference
+        from kx_vision import inference, runtimes
         from kx_vision.models import StyleTransferNet
         from kx_vision.models.loading import load_model
 
-        model = inference.check_task(load_model(model_path), model_path, "style", "predict style")
-        minimum = StyleTransferNet.min_size(getattr(model, "num_blocks", 5))
-        predict = inference.checked_output(inference.as_predict_fn(model), model_path, "style")
+        if runtimes.chosen(model_path, runtime):
+            predict, card = runtimes.resolve(model_path, "style", runtime, "predict style")
+            minimum = card.get("min_size", 1)
+        else:
+            model = inference.check_task(load_model(model_path), model_path, "style", "predict style")
+            minimum = StyleTransferNet.min_size(getattr(model, "num_blocks", 5))
+            predict = inference.checked_output(inference.as_predict_fn(model), model_path, "style")
 
         def render(path, image):
             if min(image.shape[:2]) < minimum:
@@ -245,6 +260,11 @@ def _add_io_arguments(parser, model_help):
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--allow-large-images", action="store_true",
                         help="accept images beyond Pillow's decompression-bomb limit (about 179 megapixels)")
+    parser.add_argument("--runtime", default="auto", choices=("keras", "auto", "onnx", "litert", "openvino"),
+                        help="what runs the model: keras (a .keras file or a preset), or an export folder of "
+                             "kx-vision export --format onnx|litert|openvino in its runtime (pip install -e "
+                             "'.[export]'); auto: an export folder in its runtime, anything else in Keras "
+                             "(default: %(default)s)")
     cli.add_verbose_argument(parser)
 
 
@@ -278,15 +298,16 @@ def _parser():
 
 def _command(args):
     if args.task == "segmentation":
-        result = run_segmentation(args.model, args.input, args.output, args.allow_large_images)
+        result = run_segmentation(args.model, args.input, args.output, args.allow_large_images,
+                                  runtime=args.runtime)
     elif args.task == "style":
-        result = run_style(args.model, args.input, args.output, args.allow_large_images)
+        result = run_style(args.model, args.input, args.output, args.allow_large_images, runtime=args.runtime)
     else:
         if args.tile < 0 or (args.tile and not 0 <= args.overlap < args.tile):
             raise KxVisionError(f"--tile must be 0 (no tiling) or positive and --overlap in [0, --tile); got "
                                 f"--tile {args.tile} --overlap {args.overlap}")
         result = run(args.model, args.input, args.output, args.tile, args.overlap, args.allow_large_images,
-                     args.self_ensemble, args.scale)
+                     args.self_ensemble, args.scale, runtime=args.runtime)
     return SKIPPED if result.skipped else 0
 
 

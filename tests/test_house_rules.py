@@ -53,7 +53,7 @@ FLOORS = [
     ["backbones"],
     ["models", "losses", "metrics", "optimizers", "data", "visualize"],
     ["inference", "callbacks", "lr_finder", "distribute"],
-    ["tasks"],
+    ["tasks", "runtimes"],
     ["trainer"],
     ["train", "evaluate", "predict", "export", "prepare"],
     [""],  # the package itself (`import kx_vision` registers the public objects)
