@@ -36,12 +36,17 @@ def _native_stderr_silenced():
         os.close(devnull)
 
 
+_quiet_started = False
+
+
 def quiet_start(verbose=False, tensorflow=True):
     """Hide TensorFlow's C++ start-up lines (`cuInit ... UNKNOWN ERROR (303)`, `cudart_stub`,
     `cpu_feature_guard`, absl's pre-init warning), alarming on a machine without a GPU and of no use
     to a user. `TF_CPP_MIN_LOG_LEVEL` hides the later ones; the first are written before TensorFlow
     reads it, so TensorFlow is imported (and its devices listed) here with stderr silenced.
     Python warnings and errors are not affected. Call before anything imports TensorFlow."""
+    global _quiet_started
+    _quiet_started = True
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -82,14 +87,29 @@ def _wrapped_message(error):
     return found[-1].strip() if found else None
 
 
+def command_line_words(error):
+    """The message of `error` with the Python arguments it names (`ArgumentError.arguments`) written as
+    this command line's flags: `scale=4` -> `--scale 4`, `` `scale` `` -> `--scale`."""
+    message = str(error)
+    for name in getattr(error, "arguments", ()):
+        flag = "--" + name.replace("_", "-")
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}=(\S*)",
+                         lambda m, flag=flag: f"{flag} {m.group(1)}" if m.group(1) else flag, message)
+        message = message.replace(f"`{name}`", flag)
+    return message
+
+
 def run(command, interrupted="interrupted"):
     """Run `command()` and turn the errors a user can act on into one line on stderr and an exit code:
     0 (done), 2 (bad input, or a file that cannot be written), 130 (Ctrl-C). `command` may return
-    an exit code of its own."""
+    an exit code of its own. Run as a command (`python -m kx_vision.X`, `kx-vision`), TensorFlow starts
+    quietly (`quiet_start_from_argv`) unless the command did that itself."""
+    if not _quiet_started and _command().startswith(("kx_vision", "kx-vision")):
+        quiet_start_from_argv(sys.argv[1:])
     try:
         code = command()
     except KxVisionError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {command_line_words(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)

@@ -55,7 +55,7 @@ FLOORS = [
     ["inference", "callbacks", "lr_finder", "distribute"],
     ["tasks", "runtimes"],
     ["trainer"],
-    ["train", "evaluate", "predict", "export", "prepare"],
+    ["train", "evaluate", "predict", "export", "prepare", "__main__"],
     [""],  # the package itself (`import kx_vision` registers the public objects)
 ]
 
