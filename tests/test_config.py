@@ -57,8 +57,8 @@ def test_defaults_and_shipped_configs_are_valid():
         config_lib.validate(task.Config())
     superres.Task(superres.Config()).check_config()
     segmentation.Task(segmentation.Config()).check_config()
-    configs = sorted(CONFIGS.glob("*.yaml"))
-    assert len(configs) >= 4
+    configs = sorted(CONFIGS.glob("**/*.yaml"))  # configs/presets/ too
+    assert len(configs) >= 8
     for path in configs:
         _task_of(path).Task(config_lib.load(_task_of(path).Config, str(path))).check_config()
 
@@ -329,6 +329,28 @@ def test_x4_recipe_extends_x2_with_the_same_effective_config(tmp_path):
     full.write_text(X4_IN_FULL)
     assert config_lib.to_dict(config_lib.load(SuperResConfig, str(x4))) == config_lib.to_dict(
         config_lib.load(SuperResConfig, str(full)))
+
+
+def test_preset_recipes_train_what_their_presets_name():
+    """configs/presets/<name>.yaml trains the architecture and scale that PRESETS records for <name>; the x4
+    recipe grows from the x2 preset, and the GPU recipes change only how it is trained."""
+    from kx_vision.models import presets
+
+    for name in ("edsr_8x32_x2", "edsr_8x32_x4"):
+        entry = presets.PRESETS[name]
+        assert entry["recipe"] == f"configs/presets/{name}.yaml" and entry["recipe"] in entry["train"]
+        for recipe in (CONFIGS / "presets" / f"{name}.yaml", CONFIGS / "presets" / f"{name}_gpu.yaml"):
+            config = config_lib.load(SuperResConfig, str(recipe))
+            assert (config.scale, config.model.num_blocks, config.model.num_filters, config.model.residual_scale) == (
+                entry["config"]["scale"], entry["config"]["num_blocks"], entry["config"]["num_filters"],
+                entry["config"]["residual_scale"]), recipe
+            assert config.data.train == ["../shared/data/sr/T91", "../shared/data/sr/BSD200"], recipe
+            assert config.data.val == ["../shared/data/sr/Set5"], recipe
+    x2 = config_lib.load(SuperResConfig, str(CONFIGS / "presets" / "edsr_8x32_x2.yaml"))
+    x4 = config_lib.load(SuperResConfig, str(CONFIGS / "presets" / "edsr_8x32_x4.yaml"))
+    assert (x2.time_budget, x4.time_budget) == (7200, 5400)  # the issue's 120 + 90 CPU-minutes
+    assert x4.init_from == "edsr_8x32_x2" and x4.freeze_transferred_epochs == 1
+    assert x4.data.patch_size // 4 == x2.data.patch_size // 2  # the same LR patch
 
 
 def test_cli_takes_a_config_with_a_base(tmp_path, capsys):

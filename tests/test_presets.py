@@ -162,8 +162,8 @@ def test_shipped_preset_loads_by_name(rng, lr_batch, shipped_dir):
 
 
 def test_unknown_name_lists_the_known_presets(tmp_path):
-    with pytest.raises(KxVisionError, match="unknown preset 'edsr_x3': known presets are edsr_baseline_x2, "
-                                            "edsr_baseline_x4"):
+    with pytest.raises(KxVisionError, match="unknown preset 'edsr_x3': known presets are edsr_8x32_x2, "
+                                            "edsr_8x32_x4, edsr_baseline_x2, edsr_baseline_x4"):
         EDSR.from_preset("edsr_x3")
 
 
@@ -241,8 +241,8 @@ def test_cli_preset_names(rng, tmp_path, images_dir, shipped_dir, capsys):
     err = capsys.readouterr().err
     assert "no pretrained weights are available yet for preset 'edsr_baseline_x2'" in err and "Traceback" not in err
     assert evaluate.main(["superres", "--model", "edsr_x3", "--data", str(images_dir)]) == 2
-    assert "is not a .keras file, a preset directory, or a known preset (edsr_baseline_x2, edsr_baseline_x4)" in (
-        capsys.readouterr().err)
+    known = "edsr_8x32_x2, edsr_8x32_x4, edsr_baseline_x2, edsr_baseline_x4"
+    assert f"is not a .keras file, a preset directory, or a known preset ({known})" in capsys.readouterr().err
     assert evaluate.main(["superres", "--model", "edsr_baseline_x4", "--data", str(images_dir), "--scale", "2"]) == 2
     assert "no pretrained weights are available yet for preset 'edsr_baseline_x4'" in capsys.readouterr().err
     # Once shipped, the name works like a file.
@@ -268,7 +268,7 @@ def test_shipped_card_problems_catch_unmeasured_weights(rng, tmp_path):
         json.dump(config, f)
     assert presets.shipped_card_problems(path) == []
     assert presets.shipped_card_problems(tmp_path / "other") == [
-        "other is not a known preset (edsr_baseline_x2, edsr_baseline_x4)"]
+        "other is not a known preset (edsr_8x32_x2, edsr_8x32_x4, edsr_baseline_x2, edsr_baseline_x4)"]
 
 
 def test_every_shipped_preset_is_known_measured_and_packaged():

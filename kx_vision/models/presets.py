@@ -29,7 +29,9 @@ WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 README_FILE = "README.md"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, README_FILE)
+# Pictures a model card may show beside its text (`save(..., images=...)`).
+CARD_IMAGES = ("psnr_vs_minutes.png", "examples.png")
+PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, README_FILE, *CARD_IMAGES)
 WEIGHT_DTYPES = ("float32", "float16")
 
 # Where the presets shipped with the package live: kx_vision/presets/<name>/ (package data).
@@ -42,7 +44,29 @@ DATA_291 = (
 )
 
 # The presets kx_vision knows by name: the architecture, the recipe that trains it, the data it uses.
+# `edsr_8x32_*` ship (trained on a 2-core CPU, issue 31); `edsr_baseline_*` are the paper-scale recipes, whose
+# weights need a GPU and are not shipped.
 PRESETS = {
+    "edsr_8x32_x2": {
+        "class_name": "EDSR",
+        "config": {"scale": 2, "num_blocks": 8, "num_filters": 32, "residual_scale": 0.1},
+        "description": "EDSR of 8 residual blocks x 32 filters (196K parameters, residual scale 0.1, pixel shuffle "
+                       "+ ICNR), x2, L1 loss, trained for 120 minutes on a 2-core CPU",
+        "recipe": "configs/presets/edsr_8x32_x2.yaml",
+        "train": "KERAS_BACKEND=tensorflow python -m kx_vision.train superres --config "
+                 "configs/presets/edsr_8x32_x2.yaml --output runs/presets/edsr_8x32_x2",
+        "data": DATA_291,
+    },
+    "edsr_8x32_x4": {
+        "class_name": "EDSR",
+        "config": {"scale": 4, "num_blocks": 8, "num_filters": 32, "residual_scale": 0.1},
+        "description": "EDSR of 8 residual blocks x 32 filters, x4, grown from edsr_8x32_x2 (the lesson's "
+                       "progressive resizing: body transferred, a new ICNR upsampling stage), L1 loss, 2-core CPU",
+        "recipe": "configs/presets/edsr_8x32_x4.yaml",
+        "train": "KERAS_BACKEND=tensorflow python -m kx_vision.train superres --config "
+                 "configs/presets/edsr_8x32_x4.yaml --output runs/presets/edsr_8x32_x4",
+        "data": DATA_291,
+    },
     "edsr_baseline_x2": {
         "class_name": "EDSR",
         "config": {"scale": 2, "num_blocks": 16, "num_filters": 64, "residual_scale": 0.1},
@@ -109,8 +133,9 @@ def resolve(preset):
         if not all(os.path.isfile(os.path.join(directory, f)) for f in REQUIRED_FILES):
             entry = PRESETS[preset]
             raise WeightsUnavailableError(
-                f"no pretrained weights are available yet for preset {preset!r} (none have been trained on a "
-                f"GPU and measured yet). Train them with the recipe {entry['recipe']}: {entry['train']}; then "
+                f"no pretrained weights are available yet for preset {preset!r} (this installation ships "
+                f"{', '.join(shipped_presets()) or 'none'}). Train them with the recipe {entry['recipe']}: "
+                f"{entry['train']}; then "
                 "pass the trained model.keras as --model, or a preset directory written by "
                 "EDSR.save_to_preset"
             )
@@ -182,7 +207,7 @@ def load(preset, cls=None):
     return model
 
 
-def save(model, directory, dtype="float32", card=None, overwrite=False):
+def save(model, directory, dtype="float32", card=None, overwrite=False, images=None):
     """Write `model` as a preset folder `directory` (see the module docstring), atomically: everything is
     written into a temporary folder next to it, then renamed into place, so a failure leaves nothing behind
     and an existing preset is replaced whole (with `overwrite=True`) or not at all. An existing folder holding
@@ -192,13 +217,18 @@ def save(model, directory, dtype="float32", card=None, overwrite=False):
     matter, e.g. PSNR, before shipping). `card`: a JSON-serialisable dict of model-card facts, e.g.
     `{"training_command": ..., "data": ..., "device": ..., "training_minutes": ...,
     "results": {"Set5": {"psnr": ..., "ssim": ...}, ...}}` (`default_card(name)` for a known preset's
-    command and data); it goes into metadata.json and README.md.
+    command and data); it goes into metadata.json and README.md. `images`: `{name: path}` of PNG pictures for
+    the card (names from `CARD_IMAGES`), copied into the folder and shown in README.md.
     """
     from kx_vision.version import __version__
 
     if dtype not in WEIGHT_DTYPES:
         raise KxVisionError(f"preset weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
     card = dict(card or {})
+    images = dict(images or {})
+    unknown = sorted(set(images) - set(CARD_IMAGES))
+    if unknown:
+        raise KxVisionError(f"preset card images must be named {', '.join(CARD_IMAGES)}; got {', '.join(unknown)}")
     directory = os.path.abspath(os.fspath(directory))
     if os.path.lexists(directory):
         if not os.path.isdir(directory) or os.path.islink(directory):
@@ -223,6 +253,7 @@ def save(model, directory, dtype="float32", card=None, overwrite=False):
         "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "weights_dtype": dtype,
         "card": card,
+        "images": sorted(images),
     }
     try:
         config_text = json.dumps(config, indent=2)
@@ -243,6 +274,8 @@ def save(model, directory, dtype="float32", card=None, overwrite=False):
             _store_float16(os.path.join(tmp, WEIGHTS_FILE))
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             f.write(metadata_text + "\n")
+        for name, path in images.items():
+            shutil.copyfile(path, os.path.join(tmp, name))
         with open(os.path.join(tmp, README_FILE), "w", encoding="utf-8") as f:
             f.write(model_card(os.path.basename(directory), config, metadata))
         _replace_dir(tmp, directory)
@@ -331,8 +364,20 @@ def model_card(name, config, metadata):
         for set_name, scores in results.items():
             cells = [_number(scores[m], 4 if "ssim" in m else 2) if m in scores else "" for m in metric_names]
             lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
+    comparison = card.get("comparison") or {}
+    if comparison:
+        sets = list(dict.fromkeys(s for scores in comparison.values() for s in scores))
+        lines += ["", "## Compared (Y-PSNR, dB)", "", "| method | " + " | ".join(sets) + " |",
+                  "|---|" + "---|" * len(sets)]
+        for method, scores in comparison.items():
+            lines.append(f"| {method} | " + " | ".join(_number(scores.get(s, ""), 2) for s in sets) + " |")
+    captions = {"psnr_vs_minutes.png": "Set5 Y-PSNR against training minutes",
+                "examples.png": "bicubic | model | ground truth"}
+    for image in metadata.get("images", []):
+        lines += ["", f"![{captions.get(image, image)}]({image})"]
     others = {k: v for k, v in card.items()
-              if k not in ("description", "training_command", "data", "device", "training_minutes", "results")}
+              if k not in ("description", "training_command", "data", "device", "training_minutes", "results",
+                           "comparison")}
     if others:
         lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in others.items()]
     lines += ["", "## Config", ""] + [f"- `{k}`: {v}" for k, v in model_config.items()
