@@ -497,9 +497,9 @@ def _initialise(model, config):
     path = getattr(config, "init_from", None)
     if not path:
         return []
-    from kx_vision.models.loading import format_transfer_report, load_model, transfer_weights
+    from kx_vision.models.loading import format_transfer_report, load_model_or_preset, transfer_weights
 
-    report = transfer_weights(load_model(path), model)
+    report = transfer_weights(load_model_or_preset(path), model)
     print(format_transfer_report(report))
     if not report["transferred"]:
         raise ConfigError(f"init_from: no layer of {path} matches this model by name and shape")

@@ -34,7 +34,10 @@ def test_shape_mismatch_is_reinitialised(tmp_path):
     assert report["transferred"] == [] and "head_conv" in report["reinitialised"]
 
 
-def test_init_from_cli_trains_new_stage_first(tmp_path, capsys):
+@pytest.mark.parametrize("source", ["keras_file", "preset_dir"])
+def test_init_from_cli_trains_new_stage_first(tmp_path, capsys, source):
+    """init_from takes a .keras file, a preset folder or a preset name (configs/presets/edsr_8x32_x4.yaml grows
+    from the shipped x2 preset by name)."""
     pytest.importorskip("tensorflow")
     from PIL import Image
 
@@ -46,10 +49,11 @@ def test_init_from_cli_trains_new_stage_first(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / split / "a.png")
     x2 = EDSR(scale=2, num_blocks=1, num_filters=8)
     x2.save(tmp_path / "x2.keras")
+    seed = tmp_path / "x2.keras" if source == "keras_file" else x2.save_to_preset(tmp_path / "x2_preset")
     base = ["superres", "--output", str(tmp_path / "run")]
     sets = [f"data.train={tmp_path / 'train'}", f"data.val={tmp_path / 'val'}", "scale=4",
             "model.num_blocks=1", "model.num_filters=8", "data.patch_size=16", "data.batch_size=2",
-            "epochs=2", "steps_per_epoch=2", f"init_from={tmp_path / 'x2.keras'}",
+            "epochs=2", "steps_per_epoch=2", f"init_from={seed}",
             "freeze_transferred_epochs=1", "optimizer.warmup_steps=0"]
     for s in sets:
         base += ["--set", s]

@@ -50,7 +50,8 @@ class LossConfig:
 class SuperResConfig(TrainConfig):
     epochs: int = option(8, "training epochs", min=1)
     init_from: str | None = option(
-        None, "a .keras model whose weights seed this one, by layer name (e.g. x2 -> x4)"
+        None, "a .keras model, preset directory or preset name whose weights seed this one, by layer name (e.g. x2 "
+        "-> x4)"
     )
     scale: int = option(2, "upscaling factor", choices=(2, 3, 4, 8))
     steps_per_epoch: int = option(200, "training steps per epoch", min=1)
