@@ -351,3 +351,40 @@ def test_quantised_variants_are_smaller_and_close(format, quantize, tolerance, r
     if quantize == "int8":
         names, _ = litert_graph(small / "model.tflite")
         assert "QUANTIZE" in names and "DEPTH_TO_SPACE" in names
+
+
+def test_deploy_psnr_scores_a_model_and_its_exports(exported, tmp_path, capsys):
+    from conftest import REPO, make_image_folders
+
+    runtime_or_skip("onnx")
+    runtime_or_skip("litert")
+    sys.path.insert(0, str(REPO))
+    from benchmarks import deploy_psnr
+
+    folder, _ = exported
+    data = make_image_folders(tmp_path) / "train"
+    models = [str(folder / "edsr.keras"), str(folder / "edsr_onnx"), str(folder / "edsr_litert")]
+    assert deploy_psnr.main([*models, "--data", str(data)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["format"] for r in records] == ["keras", "onnx", "litert"]
+    assert all(abs(r["delta_db"]) < 0.01 for r in records) and 0 < records[0]["psnr_y"] < 60
+
+
+def test_readme_deploy_snippet_runs(exported, tmp_path, monkeypatch, rng):
+    from conftest import REPO
+
+    runtime_or_skip("onnx")
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Deploy"):]
+    snippet = section[section.index("```python") + len("```python"):]
+    snippet = snippet[:snippet.index("```")]
+    folder, found = exported
+    (tmp_path / "exported").mkdir()
+    os.symlink(folder / "edsr_onnx", tmp_path / "exported" / "edsr_x2_onnx")
+    photo = (rng.random((9, 11, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    upscaled = np.asarray(Image.open(tmp_path / "photo_x2.png")).astype(float)
+    want = np.clip(ops.convert_to_numpy(found["edsr"][0](photo[None].astype("float32") / 255))[0], 0, 1) * 255
+    assert upscaled.shape == (18, 22, 3) and np.abs(upscaled - want).max() <= 0.51
