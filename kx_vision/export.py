@@ -511,7 +511,8 @@ def _parser():
                "onnx, litert, openvino: OUT_DIR holds model.<ext> (serve), model_uint8.<ext> (serve_uint8) and\n"
                "kx_vision.json; made from the TensorFlow backend; they need pip install -e \".[export]\".\n"
                "A failed export (full disk, read-only folder, conversion error) changes nothing.")
-    parser.add_argument("model", help="a .keras model file (loaded with Keras's safe_mode on)")
+    parser.add_argument("model", help="a .keras model file (loaded with Keras's safe_mode on), a preset folder or "
+                                      "a preset's name")
     parser.add_argument("out_dir", help="the folder to write: a new or empty folder (an earlier export with --force)")
     parser.add_argument("--format", default="tf_saved_model", choices=FORMATS,
                         help="what to write. tf_saved_model: a TensorFlow SavedModel folder with the serve and "
@@ -555,9 +556,9 @@ def _command(args):
         check_format(args.format, args.quantize, args.calibration_data)
     check_output_folder(out_dir, force=args.force, source=args.model)
 
-    from kx_vision.models.loading import load_model
+    from kx_vision.models.loading import load_model_or_preset
 
-    model = load_model(args.model)
+    model = load_model_or_preset(args.model)  # a .keras file (safe_mode on), a preset folder or a preset's name
     path = export_model(model, out_dir, force=args.force, format=args.format,
                         uint8_endpoint=not args.no_uint8_endpoint, outputs=args.outputs, source=args.model,
                         quantize=args.quantize, calibration_data=args.calibration_data)
