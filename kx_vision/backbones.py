@@ -4,7 +4,7 @@ import os
 
 import keras
 
-from kx_vision.errors import WeightsUnavailableError
+from kx_vision.errors import ArgumentError, WeightsUnavailableError
 
 # The file keras.applications looks for in ~/.keras/models before downloading it.
 _WEIGHT_FILES = {
@@ -26,7 +26,8 @@ def load_application(name, weights="imagenet", weights_key="model.backbone_weigh
     if weights not in ("imagenet", None):
         weights = os.fspath(weights)
         if not os.path.isfile(weights):
-            raise WeightsUnavailableError(f"{name} weights file not found: {weights}")
+            raise WeightsUnavailableError(
+                f"{name} weights file not found: {weights} (the value of the config key '{weights_key}')")
     builder = getattr(keras.applications, name)
     try:
         return builder(include_top=False, weights=weights, **kwargs)
@@ -57,7 +58,7 @@ def vgg16_feature_extractor(layer_names, weights="imagenet",
     vgg.trainable = False
     missing = [n for n in layer_names if n not in {layer.name for layer in vgg.layers}]
     if missing:
-        raise ValueError(f"VGG16 has no layer(s) {missing}; its layers: {[layer.name for layer in vgg.layers]}")
+        raise ArgumentError(f"VGG16 has no layer(s) {missing}; its layers: {[layer.name for layer in vgg.layers]}")
     outputs = [vgg.get_layer(n).output for n in layer_names]
     extractor = keras.Model(vgg.input, outputs, name="vgg16_features")
     extractor.trainable = False
@@ -102,7 +103,7 @@ def build_backbone(name, weights="imagenet", **kwargs):
             raise WeightsUnavailableError("the 'simple' backbone has no pretrained weights: set its weights to null")
         return simple_backbone(), "none"
     if key not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, simple (or pass a keras.Model)")
+        raise ArgumentError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, simple (or pass a keras.Model)")
     application, preprocessing = BACKBONES[key]
     return load_application(application, weights=weights, input_shape=(None, None, 3), **kwargs), preprocessing
 
@@ -148,5 +149,5 @@ def resolve_backbone(backbone, weights="imagenet"):
     if isinstance(backbone, dict):
         backbone = keras.saving.deserialize_keras_object(backbone)
     if not isinstance(backbone, keras.Model) or not hasattr(backbone, "inputs"):
-        raise TypeError(f"backbone must be a name ({', '.join(BACKBONES)}) or a functional keras.Model, got {backbone!r}")
+        raise ArgumentError(f"backbone must be a name ({', '.join(BACKBONES)}) or a functional keras.Model, got {backbone!r}")
     return backbone, "none", keras.saving.serialize_keras_object(backbone)

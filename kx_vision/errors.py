@@ -1,4 +1,8 @@
-"""User-facing errors: the command-line entry points print their message, without a traceback."""
+"""User-facing errors: the command-line entry points print their message, without a traceback.
+
+Every error the package raises on purpose is a `KxVisionError`; a bad argument or input is also a `ValueError`
+(`except ValueError` keeps working).
+"""
 
 
 class KxVisionError(Exception):
@@ -11,6 +15,17 @@ class DataError(KxVisionError, ValueError):
 
 class ConfigError(KxVisionError, ValueError):
     """An unknown config key or a value of the wrong type."""
+
+
+class ArgumentError(KxVisionError, ValueError):
+    """A bad argument or input of a Python call, named as a Python caller writes it (`scale=4`).
+
+    `arguments` lists the argument names the message uses; the command line rewrites `name=value` and
+    `` `name` `` into its own flags (`--scale 4`, `--scale`)."""
+
+    def __init__(self, message, arguments=()):
+        super().__init__(message)
+        self.arguments = tuple(arguments)
 
 
 class WeightsUnavailableError(KxVisionError, RuntimeError):

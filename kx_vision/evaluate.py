@@ -334,7 +334,7 @@ def main_segmentation(args):
 def main_superres(args):
     from kx_vision.inference import resolve_superres_model
 
-    predict, scale = resolve_superres_model(args.model, args.scale)
+    predict, scale = resolve_superres_model(args.model, args.scale, command="evaluate superres")
     items = iter_hr_images(args.data, args.limit)
     folder = examples_folder(args.save_examples) if args.save_examples else None
     rows, mean = score_superres(predict, items, scale, args.self_ensemble, save_examples=folder)

@@ -1,14 +1,18 @@
 """Running a super-resolution model on whole images: self-ensemble and tiled inference.
 
 Both take `predict`, any callable mapping a float32 batch `(N, h, w, 3)` in [0, 1] to
-`(N, h * scale, w * scale, 3)` (a Keras model, or `bicubic`), so they work for every backend.
+`(N, h * scale, w * scale, 3)` (`as_predict_fn(model)`, or `bicubic`), so they work for every backend.
+
+Images: the functions here take one image `(H, W, 3)`, float RGB in [0, 1] or uint8 (divided by 255); the
+shape is checked before any model sees it. Model calls themselves take float batches only (see
+`kx_vision.models.base`).
 """
 
 import numpy as np
 from keras import ops
 
 from kx_vision.data import definitions, transforms
-from kx_vision.errors import KxVisionError
+from kx_vision.errors import ArgumentError, KxVisionError
 
 # What each command takes, in the words of its error messages.
 EXPECTED = {
@@ -45,13 +49,14 @@ def describe_model(model):
     return f"a Keras model of class {name}"
 
 
-def check_task(model, path, task, command):
+def check_task(model, path, task, command=None):
     """Refuse, in one message naming the file, a kx_vision model of another task than `task`
-    (a U-Net given to `predict superres`). Other Keras models pass: their outputs are checked
-    as they come (`checked_output`)."""
+    (a U-Net given to `predict superres`); `command` names the command in the message. Other Keras
+    models pass: their outputs are checked as they come (`checked_output`)."""
     kind = model_task(model)
     if kind is not None and kind != task:
-        raise KxVisionError(f"{path} is {describe_model(model)}; `{command}` expects {EXPECTED[task]}")
+        wanted = f"`{command}` expects" if command else "expected:"
+        raise KxVisionError(f"{path} is {describe_model(model)}; {wanted} {EXPECTED[task]}")
     return model
 
 
@@ -74,10 +79,29 @@ def checked_output(predict, path, task, scale=1, channels=3):
     return checked
 
 
+def check_image(image, owner="image"):
+    """`image` as a float32 array `(H, W, 3)` in [0, 1]: float values as they are, uint8 divided by 255.
+    Anything else (a batch, another channel count, other integers) raises `ArgumentError`."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        hint = " (a batch: pass its images one by one)" if image.ndim == 4 else ""
+        raise ArgumentError(f"{owner} must be one RGB image (H, W, 3); got shape {image.shape}{hint}", [owner])
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ArgumentError(f"{owner} must be float RGB in [0, 1] or uint8; got {image.dtype}", [owner])
+    return image.astype(np.float32)
+
+
 def as_predict_fn(model):
-    """A NumPy-in, NumPy-out callable for a Keras model (eager call: no retracing per image size)."""
+    """A NumPy-in, NumPy-out callable for a Keras model (eager call: no retracing per image size). The
+    batch's shape is checked first: `(N, H, W, C)` float; uint8 is divided by 255."""
 
     def predict(batch):
+        batch = np.asarray(batch)
+        if batch.ndim != 4:
+            raise ArgumentError(f"a batch of images (N, H, W, C) is needed; got shape {batch.shape}")
+        batch = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
         return ops.convert_to_numpy(model(ops.convert_to_tensor(batch, "float32"), training=False))
 
     return predict
@@ -143,9 +167,15 @@ def _starts(size, tile, overlap):
     return sorted(set(starts))
 
 
+def to_uint8(values):
+    """8-bit pixels from float values in [0, 1] (clipped), rounded in float64 as every writer here does."""
+    return np.round(np.clip(np.asarray(values, np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def predict_tiled(predict, image, scale, tile=256, overlap=32, dtype="uint8"):
-    """Super-resolve one `(H, W, 3)` float image in [0, 1] tile by tile; returns `(H*s, W*s, 3)`
-    uint8 (rounded, as saved) or, with `dtype="float32"`, the blended values clipped to [0, 1].
+    """Super-resolve one `(H, W, 3)` image (float in [0, 1], or uint8) tile by tile; returns `(H*s, W*s, 3)`
+    uint8 (rounded, as saved) or, with `dtype="float32"`, the blended values clipped to [0, 1]. A `predict`
+    whose outputs are not `scale` times its inputs raises `ArgumentError` naming `scale`.
 
     Tiles of `tile` x `tile` LR pixels overlap by `overlap` pixels and are blended (see `_ramp`).
     Tiles are processed one row of tiles at a time and each finished band of output rows is
@@ -153,10 +183,11 @@ def predict_tiled(predict, image, scale, tile=256, overlap=32, dtype="uint8"):
     `tile * scale` rows, whatever the image size.
     """
     if tile <= 0 or overlap < 0 or overlap >= tile:
-        raise ValueError(f"need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
-    height, width = image.shape[:2]
+        raise ArgumentError(f"need tile > overlap >= 0, got tile={tile}, overlap={overlap}", ["tile", "overlap"])
     if dtype not in ("uint8", "float32"):
-        raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
+        raise ArgumentError(f"dtype must be 'uint8' or 'float32', got dtype={dtype!r}", ["dtype"])
+    image = check_image(image)
+    height, width = image.shape[:2]
     out = np.zeros((height * scale, width * scale, 3), dtype)
     rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
     # Float accumulators for the band of output rows not yet finished.
@@ -175,7 +206,7 @@ def predict_tiled(predict, image, scale, tile=256, overlap=32, dtype="uint8"):
             tw = min(tile, width - left)
             wx = np.repeat(_ramp(tw, overlap, left == 0, left + tw >= width), scale)
             patch = image[None, top : top + th, left : left + tw].astype(np.float32)
-            sr = np.asarray(predict(patch), np.float64)[0]
+            sr = _checked(predict(patch), patch, scale)
             w = (wy[:, None] * wx[None, :])[..., None]
             y0 = top * scale - band_top
             x0 = left * scale
@@ -183,34 +214,50 @@ def predict_tiled(predict, image, scale, tile=256, overlap=32, dtype="uint8"):
             weight[y0 : y0 + th * scale, x0 : x0 + tw * scale] += w
         # Rows above the next tile row's start receive no more contributions: finish them.
         done = (rows[r + 1] * scale if r + 1 < len(rows) else height * scale) - band_top
-        values = np.clip(acc[:done] / np.maximum(weight[:done], 1e-12), 0.0, 1.0)
-        out[band_top : band_top + done] = np.round(values * 255.0) if dtype == "uint8" else values
+        values = acc[:done] / np.maximum(weight[:done], 1e-12)
+        out[band_top : band_top + done] = to_uint8(values) if dtype == "uint8" else np.clip(values, 0.0, 1.0)
         acc, weight = acc[done:], weight[done:]
         band_top += done
     return out
 
 
-def predict_whole(predict, image):
-    """Super-resolve one `(H, W, 3)` float image in one call; returns uint8."""
-    sr = np.asarray(predict(image[None].astype(np.float32)))[0]
-    return np.round(np.clip(sr, 0.0, 1.0) * 255.0).astype(np.uint8)
+def _checked(output, batch, scale):
+    """The first image of `output`, as float64, after checking it is `batch` upscaled by `scale`."""
+    output = np.asarray(output)
+    want = (batch.shape[0], batch.shape[1] * scale, batch.shape[2] * scale, 3)
+    if output.shape != want:
+        raise ArgumentError(f"predict returned shape {output.shape} for an input of shape {batch.shape}, but with "
+                            f"scale={scale} it should return {want}: is the scale that of the model?", ["scale"])
+    return output[0].astype(np.float64)
 
 
-def resolve_superres_model(name_or_path, scale, command="evaluate superres"):
+def predict_whole(predict, image, scale=None):
+    """Super-resolve one `(H, W, 3)` image (float in [0, 1], or uint8) in one call; returns uint8, the same
+    values as a one-tile `predict_tiled`. With `scale`, the output's size is checked as there."""
+    batch = check_image(image)[None]
+    output = np.asarray(predict(batch))
+    if output.ndim != 4:
+        raise ArgumentError(f"predict returned shape {output.shape} for an input of shape {batch.shape}; a batch "
+                            "of images (N, H, W, 3) is needed")
+    return to_uint8(_checked(output, batch, scale)) if scale else to_uint8(output[0])
+
+
+def resolve_superres_model(name_or_path, scale, command=None):
     """`(predict_fn, scale)` for `bicubic`, a `.keras` file, a preset directory or a preset name (its scale
-    must agree with `scale`). A model of another task (a U-Net, a style network) is refused naming the
-    file; the outputs of any other Keras model are checked to be `scale` times the input."""
+    must agree with `scale`; `scale=None` takes the model's). A model of another task (a U-Net, a style
+    network) is refused naming the file (and `command`, if given); the outputs of any other Keras model are
+    checked to be `scale` times the input."""
     if name_or_path == "bicubic":
         if scale is None:
-            raise KxVisionError("--scale is required with --model bicubic")
+            raise ArgumentError("the bicubic baseline needs a scale: pass scale=N (2, 3, 4, ...)", ["scale"])
         return bicubic(scale), scale
     from kx_vision.models.loading import load_model_or_preset
 
     model = check_task(load_model_or_preset(name_or_path), name_or_path, "superres", command)
     model_scale = getattr(model, "scale", None)
     if scale is not None and model_scale is not None and scale != model_scale:
-        raise KxVisionError(f"{name_or_path} is a x{model_scale} model but --scale is {scale}")
+        raise ArgumentError(f"{name_or_path} is a x{model_scale} model but scale={scale}", ["scale"])
     scale = scale or model_scale
     if scale is None:
-        raise KxVisionError(f"{name_or_path} does not record its scale; pass --scale")
+        raise ArgumentError(f"{name_or_path} does not record its scale; pass scale=N", ["scale"])
     return checked_output(as_predict_fn(model), name_or_path, "superres", scale), scale

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kx_vision.backbones import vgg16_feature_extractor
+from kx_vision.errors import ArgumentError
 from kx_vision.image_ops import labels_and_valid, to_caffe  # noqa: F401 - to_caffe is part of this module's API
 
 
@@ -16,6 +17,10 @@ class PerceptualLoss(keras.losses.Loss):
     max-pools (block1_conv2, block2_conv2, block3_conv3) with weights 0.2 / 0.7 / 0.1, and the
     pixel L1 divided by 100. Inputs are RGB in [0, 1]; the caffe preprocessing VGG16 expects is
     applied inside the loss. VGG16 is frozen.
+
+    VGG16 is built when the loss is first computed (or by `build_extractor()`), not before: a model compiled
+    with this loss saves without VGG16's weights and loads where they are absent; only computing the loss
+    there fails, with a `WeightsUnavailableError` naming the file and the config key `loss.vgg_weights`.
 
     Args:
         weights: VGG16 weights, "imagenet" (default), `None` (random, for tests) or a file path.
@@ -36,7 +41,7 @@ class PerceptualLoss(keras.losses.Loss):
     ):
         super().__init__(name=name, **kwargs)
         if len(layer_names) != len(layer_weights):
-            raise ValueError(
+            raise ArgumentError(
                 f"PerceptualLoss: {len(layer_names)} layer_names but {len(layer_weights)} "
                 "layer_weights; give one weight per layer"
             )
@@ -44,15 +49,26 @@ class PerceptualLoss(keras.losses.Loss):
         self.layer_names = tuple(layer_names)
         self.layer_weights = tuple(float(w) for w in layer_weights)
         self.pixel_weight = float(pixel_weight)
-        self.extractor = vgg16_feature_extractor(self.layer_names, weights=weights)
+        # Held out of Keras's sight: VGG16 is not part of what a model compiled with this loss saves.
+        self._vgg = _Untracked()
+
+    def build_extractor(self):
+        """The frozen VGG16 feature extractor, built now if it was not yet (the loss builds it when first
+        computed). A method, not an attribute: Keras's saving would otherwise find it and store VGG16."""
+        if self._vgg.model is None:
+            self._vgg.model = vgg16_feature_extractor(self.layer_names, weights=self.weights)
+        return self._vgg.model
 
     def call(self, y_true, y_pred):
         y_true = ops.convert_to_tensor(y_true, "float32")
         y_pred = ops.convert_to_tensor(y_pred, "float32")
         # Per-image losses (shape (N,)), so the Loss reduction and sample weights apply as usual.
         loss = self.pixel_weight * ops.mean(ops.abs(y_true - y_pred), axis=(1, 2, 3))
-        features_true = self.extractor(to_caffe(y_true), training=False)
-        features_pred = self.extractor(to_caffe(y_pred), training=False)
+        extractor = self.build_extractor()
+        features_true = extractor(to_caffe(y_true), training=False)
+        features_pred = extractor(to_caffe(y_pred), training=False)
+        if len(self.layer_names) == 1:  # a model of one output returns it, not a list of it
+            features_true, features_pred = [features_true], [features_pred]
         for weight, f_true, f_pred in zip(self.layer_weights, features_true, features_pred):
             f_true = ops.stop_gradient(ops.cast(f_true, "float32"))
             f_pred = ops.cast(f_pred, "float32")
@@ -67,6 +83,12 @@ class PerceptualLoss(keras.losses.Loss):
             "layer_weights": list(self.layer_weights),
             "pixel_weight": self.pixel_weight,
         }
+
+
+class _Untracked:
+    """A holder Keras's saving does not look into (it saves only Keras objects and lists, dicts, tuples of them)."""
+
+    model = None
 
 
 def _valid_and_labels(y_true, num_classes, ignore_class):
@@ -216,7 +238,7 @@ class StyleTransferLoss(keras.losses.Loss):
             content_layers = (kwargs.pop("content_layer"),)
         super().__init__(name=name, **kwargs)
         if isinstance(style_image, dict):
-            raise ValueError("StyleTransferLoss: this loss was built from an array, which is not saved in its "
+            raise ArgumentError("StyleTransferLoss: this loss was built from an array, which is not saved in its "
                              "config; build it again from the style image")
         self.style_image_path = style_image if isinstance(style_image, str) else None
         self.style_size = None if style_size is None else int(style_size)
@@ -225,10 +247,10 @@ class StyleTransferLoss(keras.losses.Loss):
         self.content_layers = (content_layers,) if isinstance(content_layers, str) else tuple(content_layers)
         self.style_layers = tuple(style_layers)
         if not self.content_layers:
-            raise ValueError("StyleTransferLoss: give at least one content layer")
+            raise ArgumentError("StyleTransferLoss: give at least one content layer")
         self.style_layer_weights = tuple(float(w) for w in (style_layer_weights or [1.0] * len(self.style_layers)))
         if len(self.style_layer_weights) != len(self.style_layers):
-            raise ValueError(f"StyleTransferLoss: give one style layer weight per style layer, got "
+            raise ArgumentError(f"StyleTransferLoss: give one style layer weight per style layer, got "
                              f"{len(self.style_layer_weights)} for {len(self.style_layers)}")
         self.content_weight, self.style_weight, self.tv_weight = float(content_weight), float(style_weight), float(tv_weight)
         layers = list(dict.fromkeys(self.style_layers + self.content_layers))
@@ -248,7 +270,7 @@ class StyleTransferLoss(keras.losses.Loss):
                                                    dtype="float32") / 255.0
         array = np.asarray(style_image)
         if array.ndim != 3 or array.shape[-1] != 3:
-            raise ValueError(f"style image must be (H, W, 3), got shape {array.shape}")
+            raise ArgumentError(f"style image must be (H, W, 3), got shape {array.shape}")
         array = array.astype("float32") / 255.0 if array.dtype == np.uint8 else array.astype("float32")
         if style_size and min(array.shape[:2]) != style_size:
             scale = style_size / min(array.shape[:2])
@@ -295,6 +317,6 @@ class StyleTransferLoss(keras.losses.Loss):
     @classmethod
     def from_config(cls, config):
         if config.get("style_image") is None:
-            raise ValueError("StyleTransferLoss: this loss was built from an array, which is not saved in its "
+            raise ArgumentError("StyleTransferLoss: this loss was built from an array, which is not saved in its "
                              "config; build it again from the style image")
         return cls(**config)

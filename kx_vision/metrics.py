@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kx_vision.errors import ArgumentError
 from kx_vision.image_ops import labels_and_valid
 
 # ITU-R BT.601 luma for RGB in [0, 1], giving Y on the 0-255 scale (MATLAB rgb2ycbcr).
@@ -28,12 +29,39 @@ def rgb_to_y(images):
     return ops.sum(images * weights, axis=-1, keepdims=True) + _Y_OFFSET
 
 
-def _prepare(y_true, y_pred, shave, channel, quantize):
-    """Float32 images on a 0-255 scale, border shaved, in the requested channel space."""
+def _check_arguments(owner, shave, channel):
     if channel not in _CHANNELS:
-        raise ValueError(f"`channel` must be one of {_CHANNELS}, got {channel!r}")
-    y_true = ops.convert_to_tensor(y_true, "float32")
-    y_pred = ops.clip(ops.convert_to_tensor(y_pred, "float32"), 0.0, 1.0)
+        raise ArgumentError(f"{owner}: channel={channel!r}; it must be one of {_CHANNELS}", ["channel"])
+    if isinstance(shave, bool) or not isinstance(shave, (int, np.integer)) or shave < 0:
+        raise ArgumentError(f"{owner}: shave={shave!r}; it must be an integer >= 0 (pixels removed at each border)",
+                            ["shave"])
+
+
+def to_unit_range(images):
+    """Float32 images in [0, 1] from float images (unchanged) or uint8 pixels (divided by 255); any other
+    integer type is refused."""
+    images = ops.convert_to_tensor(images)
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if dtype == "uint8":
+        return ops.cast(images, "float32") / 255.0
+    if not dtype.startswith(("float", "bfloat")):
+        raise ArgumentError(f"images must be float in [0, 1] or uint8; got {dtype}")
+    return ops.cast(images, "float32")
+
+
+def _prepare(y_true, y_pred, shave, channel, quantize, owner="psnr"):
+    """Float32 images on a 0-255 scale, border shaved, in the requested channel space."""
+    _check_arguments(owner, shave, channel)
+    y_true = to_unit_range(y_true)
+    y_pred = ops.clip(to_unit_range(y_pred), 0.0, 1.0)
+    if len(y_true.shape) != 4 or len(y_pred.shape) != 4 or any(
+            a is not None and b is not None and a != b for a, b in zip(y_true.shape, y_pred.shape)):
+        raise ArgumentError(f"{owner} takes two batches (N, H, W, C) of the same shape; got "
+                            f"{tuple(y_true.shape)} and {tuple(y_pred.shape)}")
+    small = [d for d in y_true.shape[1:3] if d is not None and d <= 2 * shave]
+    if small:
+        raise ArgumentError(f"{owner}: shave={shave} removes the whole of images of shape {tuple(y_true.shape)}",
+                            ["shave"])
     if quantize:
         # Model outputs are saved as 8-bit images; score what the user would get.
         y_pred = ops.round(y_pred * 255.0) / 255.0
@@ -45,15 +73,17 @@ def _prepare(y_true, y_pred, shave, channel, quantize):
     return y_true * 255.0, y_pred * 255.0
 
 
+@keras.saving.register_keras_serializable(package="kx_vision")
 def psnr(y_true, y_pred, shave=0, channel="y", quantize=False):
-    """Per-image PSNR in dB of batches `(N, H, W, 3)` of images in [0, 1]; returns shape `(N,)`.
+    """Per-image PSNR in dB of batches `(N, H, W, 3)` of images, float in [0, 1] or uint8 (divided by 255);
+    returns shape `(N,)`. Usable as a Keras metric (`metrics=[psnr]`), which saves and loads by name.
 
     Args:
         shave: pixels removed at each border before scoring (the scale factor, by convention).
         channel: "y" (luma, as papers report) or "rgb".
         quantize: round predictions to 8-bit levels first, as when they are saved as images.
     """
-    a, b = _prepare(y_true, y_pred, shave, channel, quantize)
+    a, b = _prepare(y_true, y_pred, shave, channel, quantize, "psnr")
     mse = ops.mean(ops.square(a - b), axis=(1, 2, 3))
     mse = ops.maximum(mse, 1e-10)
     return 10.0 * ops.log10(255.0**2 / mse)
@@ -66,18 +96,20 @@ def _gaussian_window(size=SSIM_WINDOW, sigma=1.5):
     return ops.reshape(ops.outer(g, g), (size, size, 1, 1))
 
 
+@keras.saving.register_keras_serializable(package="kx_vision")
 def ssim(y_true, y_pred, shave=0, channel="y", quantize=False):
-    """Per-image SSIM of batches `(N, H, W, 3)` in [0, 1] (Wang et al. 2004); returns `(N,)`.
+    """Per-image SSIM of batches `(N, H, W, 3)`, float in [0, 1] or uint8 (divided by 255), after Wang et
+    al. 2004; returns `(N,)`. Usable as a Keras metric (`metrics=[ssim]`), which saves and loads by name.
 
     On "rgb" the SSIM of each channel is averaged. Images must be at least 11 pixels wide and high
     after shaving.
     """
-    a, b = _prepare(y_true, y_pred, shave, channel, quantize)
+    a, b = _prepare(y_true, y_pred, shave, channel, quantize, "ssim")
     small = [d for d in a.shape[1:3] if d is not None and d < SSIM_WINDOW]
     if small:
-        raise ValueError(
+        raise ArgumentError(
             f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after shaving "
-            f"{shave}; got shape {tuple(a.shape)}"
+            f"{shave}; got shape {tuple(a.shape)}", ["shave"]
         )
     channels = a.shape[-1]
     # One depthwise conv blurs every channel with the same Gaussian window.
@@ -103,8 +135,7 @@ class _ImageQualityMetric(keras.metrics.Mean):
     _fn = None
 
     def __init__(self, shave=0, channel="y", quantize=False, name=None, dtype=None, **kwargs):
-        if channel not in _CHANNELS:
-            raise ValueError(f"`channel` must be one of {_CHANNELS}, got {channel!r}")
+        _check_arguments(type(self).__name__, shave, channel)
         name = name or f"{type(self).__name__.lower()}{'' if channel == 'y' else '_' + channel}"
         super().__init__(name=name, dtype=dtype or "float32", **kwargs)
         self.shave = int(shave)
@@ -235,7 +266,7 @@ class StyleLossPart(keras.metrics.Mean):
 
     def __init__(self, loss=None, part="style", name=None, dtype=None, **kwargs):
         if part not in ("content", "style", "tv"):
-            raise ValueError(f"StyleLossPart: part must be content, style or tv, got {part!r}")
+            raise ArgumentError(f"StyleLossPart: part must be content, style or tv, got {part!r}")
         super().__init__(name=name or f"{part}_loss", dtype=dtype or "float32", **kwargs)
         self.loss, self.part = loss, part
 
@@ -244,7 +275,7 @@ class StyleLossPart(keras.metrics.Mean):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         if self.loss is None:
-            raise ValueError(f"StyleLossPart '{self.name}' has no loss: pass the StyleTransferLoss it shows "
+            raise ArgumentError(f"StyleLossPart '{self.name}' has no loss: pass the StyleTransferLoss it shows "
                              "(StyleLossPart(loss, part), or set_loss(loss))")
         return super().update_state(self.loss.parts(y_true, y_pred)[self.part], sample_weight=sample_weight)
 

@@ -19,13 +19,13 @@ def test_perceptual_loss_values(rng):
     a = rng.random((2, 32, 32, 3)).astype("float32")
     b = rng.random((2, 32, 32, 3)).astype("float32")
     assert float(loss(a, a)) == pytest.approx(0.0, abs=1e-6)
-    feats_a = [ops.convert_to_numpy(f) for f in loss.extractor(to_caffe(a))]
-    feats_b = [ops.convert_to_numpy(f) for f in loss.extractor(to_caffe(b))]
+    feats_a = [ops.convert_to_numpy(f) for f in loss.build_extractor()(to_caffe(a))]
+    feats_b = [ops.convert_to_numpy(f) for f in loss.build_extractor()(to_caffe(b))]
     want = 0.01 * np.abs(a - b).mean() + sum(
         w * np.abs(fa - fb).mean() for w, fa, fb in zip((0.2, 0.7, 0.1), feats_a, feats_b)
     )
     assert float(loss(a, b)) == pytest.approx(want, rel=1e-4)
-    assert not loss.extractor.trainable_weights
+    assert not loss.build_extractor().trainable_weights
 
 
 def test_perceptual_loss_serializes():
@@ -41,11 +41,13 @@ def test_perceptual_loss_weights_from_file(tmp_path, rng):
     vgg.save_weights(path)
     loss = PerceptualLoss(weights=str(path), layer_names=("block2_conv2",), layer_weights=(1.0,))
     np.testing.assert_array_equal(
-        ops.convert_to_numpy(loss.extractor.get_layer("block1_conv1").kernel),
+        ops.convert_to_numpy(loss.build_extractor().get_layer("block1_conv1").kernel),
         ops.convert_to_numpy(vgg.get_layer("block1_conv1").kernel),
     )
-    with pytest.raises(WeightsUnavailableError, match="not found"):
-        PerceptualLoss(weights=str(tmp_path / "missing.h5"))
+    # VGG16 is needed only when the loss is computed: only then does a missing file fail, naming it and the key.
+    missing = PerceptualLoss(weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(WeightsUnavailableError, match=r"missing\.h5.*loss\.vgg_weights"):
+        missing(rng.random((1, 16, 16, 3)), rng.random((1, 16, 16, 3)))
 
 
 def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):
@@ -55,8 +57,9 @@ def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):
         raise Exception("URL fetch failure: no network")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
+    loss = PerceptualLoss(weights="imagenet")  # nothing is fetched until VGG16 is needed
     with pytest.raises(WeightsUnavailableError) as info:
-        PerceptualLoss(weights="imagenet")
+        loss.build_extractor()
     message = str(info.value)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert "config key 'loss.name' to l1" in message and "config key 'loss.vgg_weights'" in message

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from kx_vision.errors import ArgumentError
+
 
 def _phases_along(x, size, axis):
     """The `size` interpolated copies of `x` along `axis`: copy `k` samples position `i + d_k` with
@@ -39,7 +41,7 @@ class BilinearUpSampling2D(keras.layers.Layer):
     def __init__(self, size=2, **kwargs):
         super().__init__(**kwargs)
         if int(size) < 1:
-            raise ValueError(f"BilinearUpSampling2D: `size` must be a positive integer, got {size!r}")
+            raise ArgumentError(f"BilinearUpSampling2D: `size` must be a positive integer, got {size!r}")
         self.size = int(size)
 
     def call(self, inputs):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kx_vision.errors import ArgumentError
 from kx_vision.layers.blur import Blur2D
 
 
@@ -28,7 +29,7 @@ class ICNR(keras.initializers.Initializer):
 
     def __init__(self, scale=2, initializer="he_normal"):
         if int(scale) < 1:
-            raise ValueError(f"ICNR: `scale` must be a positive integer, got {scale!r}")
+            raise ArgumentError(f"ICNR: `scale` must be a positive integer, got {scale!r}")
         self.scale = int(scale)
         self.initializer = keras.initializers.get(initializer)
 
@@ -36,7 +37,7 @@ class ICNR(keras.initializers.Initializer):
         *spatial, in_channels, out_channels = shape
         groups = self.scale**2
         if out_channels % groups:
-            raise ValueError(
+            raise ArgumentError(
                 f"ICNR(scale={self.scale}): the kernel's output channels ({out_channels}) must be "
                 f"a multiple of scale**2 = {groups}; kernel shape {tuple(shape)}"
             )
@@ -61,7 +62,7 @@ class PixelShuffle(keras.layers.Layer):
     def __init__(self, scale=2, **kwargs):
         super().__init__(**kwargs)
         if int(scale) < 1:
-            raise ValueError(f"PixelShuffle: `scale` must be a positive integer, got {scale!r}")
+            raise ArgumentError(f"PixelShuffle: `scale` must be a positive integer, got {scale!r}")
         self.scale = int(scale)
 
     def call(self, inputs):
@@ -70,7 +71,7 @@ class PixelShuffle(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
         if c is not None and c % (self.scale**2):
-            raise ValueError(
+            raise ArgumentError(
                 f"PixelShuffle(scale={self.scale}) needs channels divisible by {self.scale**2}, "
                 f"got input shape {tuple(input_shape)}"
             )

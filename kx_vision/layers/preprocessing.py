@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kx_vision.errors import ArgumentError
 from kx_vision.image_ops import to_caffe
 
 _MODES = ("none", "caffe", "tf", "torch", "raw255")
@@ -23,7 +24,7 @@ class ImagePreprocessing(keras.layers.Layer):
     def __init__(self, mode="none", **kwargs):
         super().__init__(**kwargs)
         if mode not in _MODES:
-            raise ValueError(f"ImagePreprocessing: mode must be one of {_MODES}, got {mode!r}")
+            raise ArgumentError(f"ImagePreprocessing: mode must be one of {_MODES}, got {mode!r}")
         self.mode = mode
 
     def call(self, inputs):

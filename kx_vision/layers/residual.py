@@ -2,6 +2,8 @@
 
 import keras
 
+from kx_vision.errors import ArgumentError
+
 
 @keras.saving.register_keras_serializable(package="kx_vision")
 class ResidualBlock(keras.layers.Layer):
@@ -30,7 +32,7 @@ class ResidualBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         if input_shape[-1] != self.num_filters:
-            raise ValueError(
+            raise ArgumentError(
                 f"{self.name}: input has {input_shape[-1]} channels but num_filters is "
                 f"{self.num_filters}; the identity path needs them equal (input shape {input_shape})"
             )

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from kx_vision.errors import ArgumentError
 from kx_vision.layers.reflection import reflect_pad
 
 
@@ -17,7 +18,7 @@ class PadToMultiple(keras.layers.Layer):
     def __init__(self, multiple=32, mode="reflect", **kwargs):
         super().__init__(**kwargs)
         if mode not in ("reflect", "constant"):
-            raise ValueError(f"PadToMultiple: unknown mode {mode!r}")
+            raise ArgumentError(f"PadToMultiple: unknown mode {mode!r}")
         self.multiple = int(multiple)
         self.mode = mode
 

@@ -4,8 +4,9 @@ import math
 
 import keras
 
+from kx_vision.errors import ArgumentError
 from kx_vision.layers import ResidualBlock, apply_pixel_shuffle_upsample
-from kx_vision.models import presets
+from kx_vision.models.base import KxModel, check_at_least, check_positive
 
 # Mean RGB of DIV2K in [0, 1], subtracted at the input and added back at the output as in the
 # EDSR reference code (its `MeanShift`), so the network works on roughly zero-centred images.
@@ -15,13 +16,14 @@ SUPPORTED_SCALES = (2, 3, 4, 8)
 
 def upsample_factors(scale):
     """The pixel-shuffle stages for `scale`: x2 stages for powers of two, one x3 stage for 3."""
-    if scale not in SUPPORTED_SCALES:
-        raise ValueError(f"EDSR: `scale` must be one of {SUPPORTED_SCALES}, got {scale!r}")
+    if isinstance(scale, bool) or scale not in SUPPORTED_SCALES:
+        raise ArgumentError(f"EDSR: scale={scale!r}; it must be one of {', '.join(map(str, SUPPORTED_SCALES))}",
+                            ["scale"])
     return (3,) if scale == 3 else (2,) * int(math.log2(scale))
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
-class EDSR(keras.Model):
+class EDSR(KxModel, keras.Model):
     """EDSR super-resolution network, channels-last, for inputs of any size.
 
     head conv -> `num_blocks` scaled residual blocks (no batch norm) -> conv, with a long skip from
@@ -30,8 +32,9 @@ class EDSR(keras.Model):
     x2 model seed a x4 one: layers are named so that they match by name (`head_conv`,
     `block_{i}`, `body_conv`, `upsample_{i}_conv`, `tail_conv`).
 
-    Inputs and outputs are float RGB in [0, 1] (outputs are not clipped). The output is float32
-    whatever the dtype policy, so losses and metrics see float32 under mixed precision.
+    Inputs and outputs are float RGB in [0, 1] (outputs are not clipped), batches `(N, H, W, num_channels)`;
+    integer (uint8) inputs are refused (`kx_vision.inference`'s functions take uint8 images). The output is
+    float32 whatever the dtype policy, so losses and metrics see float32 under mixed precision.
 
     Args:
         scale: upscaling factor, one of 2, 3, 4, 8.
@@ -39,7 +42,8 @@ class EDSR(keras.Model):
         num_filters: feature channels (64 in the baseline, 256 in EDSR).
         residual_scale: multiplier of each residual branch (0.1 in EDSR, 1.0 without scaling).
         num_channels: image channels (3).
-        rgb_mean: mean subtracted at the input and added at the output; `None` for none.
+        rgb_mean: mean subtracted at the input and added at the output, one value per channel; `None` for
+            none (needed with `num_channels` other than 3, unless you give that many means).
         blur: smooth after each pixel shuffle (`Blur2D`, fastai's `PixelShuffle_ICNR(blur=True)`) against
             the checkerboard a trained sub-pixel conv leaves. Off by default: the EDSR paper has none.
 
@@ -62,6 +66,12 @@ class EDSR(keras.Model):
         **kwargs,
     ):
         factors = upsample_factors(scale)
+        check_at_least("EDSR", 0, num_blocks=num_blocks)
+        check_positive("EDSR", num_filters=num_filters, num_channels=num_channels)
+        if rgb_mean is not None and len(rgb_mean) != num_channels:
+            raise ArgumentError(
+                f"EDSR: rgb_mean has {len(rgb_mean)} values but num_channels={num_channels}; give one mean per "
+                "channel, or rgb_mean=None", ["rgb_mean", "num_channels"])
         conv = dict(padding="same", dtype=dtype)
 
         # === Functional Model ===
@@ -115,20 +125,3 @@ class EDSR(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-    # === Presets ===
-    @classmethod
-    def from_preset(cls, preset):
-        """An EDSR with pretrained weights: a preset name shipped in the package (`edsr_baseline_x2`,
-        `edsr_baseline_x4`; see `kx_vision.models.presets`) or a preset directory written by
-        `save_to_preset`. Weights load as float32 whatever dtype they were stored in.
-
-        >>> model = EDSR.from_preset("runs/edsr_x2_preset")  # doctest: +SKIP
-        """
-        return presets.load(preset, cls)
-
-    def save_to_preset(self, directory, dtype="float32", card=None, overwrite=False):
-        """Write this model as a preset folder (`config.json`, `model.weights.h5`, `metadata.json`, and a
-        `README.md` model card from `card`), atomically; `dtype="float16"` halves the weights file.
-        Returns the folder's absolute path. See `kx_vision.models.presets.save`."""
-        return presets.save(self, directory, dtype=dtype, card=card, overwrite=overwrite)

@@ -6,8 +6,9 @@ import math
 import keras
 
 from kx_vision.backbones import find_skip_layers, resolve_backbone
+from kx_vision.errors import ArgumentError
 from kx_vision.layers import BilinearUpSampling2D, CropLike, ImagePreprocessing, PadToMultiple
-from kx_vision.models.unet import BackboneModel, output_activation
+from kx_vision.models.unet import BackboneModel, check_segmentation_arguments, output_activation
 
 MERGES = ("add", "concat")
 
@@ -77,12 +78,14 @@ class FPN(BackboneModel, keras.Model):
         **kwargs,
     ):
         if merge not in MERGES:
-            raise ValueError(f"FPN: merge must be one of {MERGES}, got {merge!r}")
+            raise ArgumentError(f"FPN: merge={merge!r}; it must be one of {MERGES}", ["merge"])
+        check_segmentation_arguments("FPN", num_classes, pad_to, pyramid_filters=pyramid_filters,
+                                     segmentation_filters=segmentation_filters)
         encoder_base, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
         taps = [tap for tap in find_skip_layers(encoder_base) if tap[1] >= 4]
         if not taps:
-            raise ValueError(f"FPN: backbone {encoder_base.name!r} has no feature map at stride 4 or more "
-                             "below its output; a pyramid needs at least two levels")
+            raise ArgumentError(f"FPN: backbone {encoder_base.name!r} has no feature map at stride 4 or more "
+                             "below its output; a pyramid needs at least two levels", ["backbone"])
         encoder = keras.Model(
             encoder_base.inputs,
             [encoder_base.get_layer(name).output for name, _, _ in taps] + [encoder_base.output],

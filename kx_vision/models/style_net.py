@@ -2,7 +2,9 @@
 
 import keras
 
+from kx_vision.errors import ArgumentError
 from kx_vision.layers import CropLike, PadToMultiple, ReflectionPadding2D, apply_pixel_shuffle_upsample
+from kx_vision.models.base import KxModel, check_positive
 
 NORMALIZATIONS = ("batch", "instance")
 
@@ -30,7 +32,7 @@ def apply_center_residual_block(x, filters, name, norm="batch", dtype=None):
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
-class StyleTransferNet(keras.Model):
+class StyleTransferNet(KxModel, keras.Model):
     """Johnson et al.'s image transformation network: 40 px reflection padding, a 9x9 conv, two
     stride-2 convs, `num_blocks` residual blocks of unpadded convs (each trims 2 px a side at quarter
     resolution, 5 blocks x 8 px = the 40 px of padding), two x2 upsamplings (nearest-neighbour +
@@ -38,7 +40,7 @@ class StyleTransferNet(keras.Model):
 
     Inputs are RGB in [0, 1] of any size from `min_size(num_blocks)` (41 px for 5 blocks: a reflection
     pad must be smaller than the image) up, padded to a multiple of 4 and cropped back; the output has
-    the input's size.
+    the input's size. A smaller image, or integer (uint8) pixels, are refused on every backend.
 
     Args:
         num_filters: channels of the first conv (32); the downsampling doubles them twice.
@@ -49,9 +51,11 @@ class StyleTransferNet(keras.Model):
 
     def __init__(self, num_filters=32, num_blocks=5, norm="batch", upsampling="nearest", dtype=None, **kwargs):
         if norm not in NORMALIZATIONS:
-            raise ValueError(f"StyleTransferNet: norm must be one of {NORMALIZATIONS}, got {norm!r}")
+            raise ArgumentError(f"StyleTransferNet: norm={norm!r}; it must be one of {NORMALIZATIONS}", ["norm"])
         if upsampling not in ("nearest", "pixel_shuffle"):
-            raise ValueError(f"StyleTransferNet: upsampling must be 'nearest' or 'pixel_shuffle', got {upsampling!r}")
+            raise ArgumentError(f"StyleTransferNet: upsampling={upsampling!r}; it must be 'nearest' or "
+                                "'pixel_shuffle'", ["upsampling"])
+        check_positive("StyleTransferNet", num_filters=num_filters, num_blocks=num_blocks)
         pad = 8 * num_blocks  # what the residual blocks trim, in full-resolution pixels
 
         # === Functional Model ===
@@ -81,6 +85,9 @@ class StyleTransferNet(keras.Model):
         self.num_blocks = int(num_blocks)
         self.norm = norm
         self.upsampling = upsampling
+
+    def input_requirements(self):
+        return 3, self.min_size(self.num_blocks)
 
     @staticmethod
     def min_size(num_blocks=5):

@@ -5,7 +5,9 @@ import copy
 import keras
 
 from kx_vision.backbones import find_skip_layers, resolve_backbone
+from kx_vision.errors import ArgumentError
 from kx_vision.layers import Blur2D, CropLike, ImagePreprocessing, PadToMultiple, apply_pixel_shuffle_upsample
+from kx_vision.models.base import KxModel, check_at_least, check_positive
 
 UPSAMPLING = ("pixel_shuffle", "transpose")
 # The decoders, each with its default upsampling and last cross connection.
@@ -56,7 +58,14 @@ def output_activation(num_classes):
     return "sigmoid" if num_classes == 1 else "softmax"
 
 
-class BackboneModel:
+def check_segmentation_arguments(owner, num_classes, pad_to, **positive):
+    """The arguments every segmentation model shares: `num_classes` >= 1 (1: binary), `pad_to` >= 0 (0: no
+    padding), and channel counts >= 1."""
+    check_positive(owner, num_classes=num_classes, **positive)
+    check_at_least(owner, 0, pad_to=pad_to)
+
+
+class BackboneModel(KxModel):
     """Mixin of the segmentation models built around an encoder layer named "backbone"."""
 
     @property
@@ -131,18 +140,20 @@ class UNet(BackboneModel, keras.Model):
         **kwargs,
     ):
         if decoder not in DECODERS:
-            raise ValueError(f"UNet: decoder must be one of {tuple(DECODERS)}, got {decoder!r}")
+            raise ArgumentError(f"UNet: decoder={decoder!r}; it must be one of {tuple(DECODERS)}", ["decoder"])
+        check_segmentation_arguments("UNet", num_classes, pad_to, max_filters=max_filters)
         default_upsampling, default_last_cross = DECODERS[decoder]
         upsampling = default_upsampling if upsampling is None else upsampling
         last_cross = default_last_cross if last_cross is None else bool(last_cross)
         if upsampling not in UPSAMPLING:
-            raise ValueError(f"UNet: upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
+            raise ArgumentError(f"UNet: upsampling={upsampling!r}; it must be one of {UPSAMPLING}", ["upsampling"])
         if decoder == "lesson" and last_cross:
-            raise ValueError("UNet(decoder='lesson'): the lesson's decoder has no last cross connection; "
-                             "leave last_cross unset (or False)")
+            raise ArgumentError("UNet(decoder='lesson'): the lesson's decoder has no last cross connection; "
+                                "leave last_cross unset (or False)", ["last_cross"])
         if decoder == "lesson" and (max_filters < 2 or max_filters % 2):
-            raise ValueError(f"UNet(decoder='lesson'): max_filters is split in two halves (upsampled path "
-                             f"and skip), so it must be even and at least 2, got {max_filters!r}")
+            raise ArgumentError(f"UNet(decoder='lesson'): max_filters is split in two halves (upsampled path "
+                                f"and skip), so it must be even and at least 2, got max_filters={max_filters!r}",
+                                ["max_filters"])
         encoder_base, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
         taps = find_skip_layers(encoder_base)
         encoder = keras.Model(

@@ -1,10 +1,14 @@
 """The lesson's naive segmentation baseline: a backbone and a head of transposed convolutions."""
 
+import math
+
 import keras
 
 from kx_vision.backbones import resolve_backbone
+from kx_vision.errors import ArgumentError
 from kx_vision.layers import CropLike, ImagePreprocessing, PadToMultiple
-from kx_vision.models.unet import BackboneModel, output_activation
+from kx_vision.models.base import check_positive
+from kx_vision.models.unet import BackboneModel, check_segmentation_arguments, output_activation
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
@@ -14,7 +18,8 @@ class UpsampleHeadNet(BackboneModel, keras.Model):
     connections, hence the blurry masks the U-Net then fixes.
 
     Args mirror `UNet`: `num_classes`, `backbone`, `backbone_weights`, `filters` of the head
-    stages, `pad_to`. The backbone must downsample by `2 ** (num_stages + 1)` (32 by default).
+    stages, `pad_to`. The backbone must downsample by `2 ** (num_stages + 1)` (32 by default): any other
+    `num_stages` is refused.
     """
 
     def __init__(
@@ -28,8 +33,18 @@ class UpsampleHeadNet(BackboneModel, keras.Model):
         dtype=None,
         **kwargs,
     ):
+        check_segmentation_arguments("UpsampleHeadNet", num_classes, pad_to, filters=filters)
+        check_positive("UpsampleHeadNet", num_stages=num_stages)
         encoder, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
         encoder = keras.Model(encoder.inputs, encoder.output, name="backbone")
+        reduction = _reduction(encoder)
+        if reduction is not None and reduction != 2 ** (num_stages + 1):
+            fits = math.log2(reduction) - 1 if reduction >= 4 else 0
+            hint = f" (use num_stages={int(fits)})" if fits >= 1 and fits == int(fits) else ""
+            raise ArgumentError(
+                f"UpsampleHeadNet: backbone {encoder.name!r} downsamples {reduction} times, but num_stages={num_stages} "
+                f"upsamples {2 ** (num_stages + 1)} times, so the masks would not have the image's size{hint}",
+                ["num_stages"])
 
         # === Functional Model ===
         image = keras.Input(shape=(None, None, 3), name="image")
@@ -63,3 +78,11 @@ class UpsampleHeadNet(BackboneModel, keras.Model):
             "num_stages": self.num_stages,
             "pad_to": self.pad_to,
         }
+
+
+def _reduction(encoder, probe=256):
+    """How many times `encoder` downsamples (256 / its output size for a 256 px input), or None if unknown."""
+    spec = encoder.compute_output_spec(keras.KerasTensor((1, probe, probe, encoder.inputs[0].shape[-1])))
+    spec = spec[0] if isinstance(spec, (list, tuple)) else spec
+    size = spec.shape[1] if len(spec.shape) == 4 else None
+    return probe // size if size else None

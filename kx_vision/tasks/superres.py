@@ -93,7 +93,9 @@ class SuperResTask(Task):
 
         loss = self.config.loss
         if loss.name == "perceptual":
-            return losses.PerceptualLoss(weights=loss.vgg_weights, pixel_weight=loss.pixel_weight)
+            perceptual = losses.PerceptualLoss(weights=loss.vgg_weights, pixel_weight=loss.pixel_weight)
+            perceptual.build_extractor()  # now: missing VGG16 weights stop a run before it starts
+            return perceptual
         if loss.name == "mse":
             return keras.losses.MeanSquaredError(name="mse")
         return keras.losses.MeanAbsoluteError(name="l1")
