@@ -181,7 +181,7 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Train for a wall-clock budget instead of a step count (`train.time_budget`).
+    """Train for a wall-clock budget instead of a step count (the `time_budget` config key).
 
     Counts the time spent in training steps only: the first batch of every `fit` (compilation and
     the pipeline's start) is measured separately as `startup_seconds`, and validation and

@@ -1,4 +1,5 @@
-"""A tiny functional backbone (4 stride-2 stages) so segmentation tests build and run fast."""
+"""A tiny functional backbone (`stages` stride-2 stages, 5 by default: 32x down as ResNet50) so segmentation tests
+build and run fast."""
 
 import contextlib
 

@@ -130,8 +130,3 @@ class ContentCrops(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.patches.on_epoch_end()
-
-
-def prepare_content(images, crop_size):
-    """Upscale (bicubic) images whose short side is below `crop_size`, so every crop fits."""
-    return [streaming.upscale_to(image, crop_size) for image in images]

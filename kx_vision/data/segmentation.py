@@ -165,12 +165,3 @@ def validation_dataset(reader, image_size, batch_size, workers=None):
     pairs = pairs.apply(tf.data.experimental.assert_cardinality(len(reader)))
     pairs = pairs.map(lambda i, m: _resize_pair(i, m, size), num_parallel_calls=tf.data.AUTOTUNE)
     return pairs.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def as_arrays(dataset):
-    """Materialise a (small) dataset as NumPy `(images, masks)`."""
-    images, masks = [], []
-    for image, mask in dataset:
-        images.append(np.asarray(image))
-        masks.append(np.asarray(mask))
-    return np.concatenate(images), np.concatenate(masks)

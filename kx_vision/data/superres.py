@@ -160,16 +160,6 @@ def load_folders(folders, min_size=None, what="image", skip_small=False):
     return images
 
 
-def content_dataset(images, crop_size, batch_size, seed=0, patches_per_image=1):
-    """Endless `(content, content)` batches for style transfer from decoded images in memory: random
-    `crop_size` squares of the content images (each resized so its short side is at least `crop_size`),
-    each given one of the 8 dihedral transforms. The target is the content image itself; the style lives
-    in the loss."""
-    stream = streaming.PatchStream.from_arrays(images, crop_size, batch_size, patches_per_image, seed,
-                                               min_side=crop_size)
-    return content_stream_dataset(stream)
-
-
 def content_stream_dataset(stream, steps_per_epoch=None):
     """`(content, content)` batches of a `PatchStream` of content crops (see `stream_dataset`)."""
     return stream_dataset(stream, scale=1, steps_per_epoch=steps_per_epoch).map(lambda lr, hr: (hr, hr))

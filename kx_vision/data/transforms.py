@@ -62,11 +62,6 @@ def bicubic_upscale(images, scale):
                    definitions.DEGRADATION.interpolation, definitions.DEGRADATION.antialias)
 
 
-def quantize_8bit(images):
-    """Clip to [0, 1] and round to the 256 levels of an 8-bit image."""
-    return definitions.quantize(images, ops.clip, ops.round)
-
-
 def crop_to_multiple(image, scale):
     """Crop `(H, W, C)` (or batched) images at the bottom/right to multiples of `scale`."""
     height, width = image.shape[-3], image.shape[-2]
