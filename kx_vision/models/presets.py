@@ -51,7 +51,7 @@ PRESETS = {
         "class_name": "EDSR",
         "config": {"scale": 2, "num_blocks": 8, "num_filters": 32, "residual_scale": 0.1},
         "description": "EDSR of 8 residual blocks x 32 filters (196K parameters, residual scale 0.1, pixel shuffle "
-                       "+ ICNR), x2, L1 loss, trained for 120 minutes on a 2-core CPU",
+                       "+ ICNR), x2, L1 loss, trained on a 2-core CPU within 120 minutes",
         "recipe": "configs/presets/edsr_8x32_x2.yaml",
         "train": "KERAS_BACKEND=tensorflow python -m kx_vision.train superres --config "
                  "configs/presets/edsr_8x32_x2.yaml --output runs/presets/edsr_8x32_x2",
