@@ -40,9 +40,10 @@ def check_image_batch(x, owner, channels=3, min_size=1):
     if len(shape) != 4:
         hint = " (one image: add a batch axis, image[None])" if len(shape) == 3 else ""
         raise ArgumentError(f"{owner} takes a batch of images (N, H, W, {channels}); got shape {shape}{hint}")
-    if shape[-1] is not None and shape[-1] != channels:
+    if isinstance(shape[-1], numbers.Integral) and shape[-1] != channels:
         raise ArgumentError(f"{owner} takes images of {channels} channels (N, H, W, {channels}); got shape {shape}")
-    small = [s for s in shape[1:3] if s is not None and s < min_size]
+    # Only known sizes are compared: None, or a symbolic dimension (JAX's shape-polymorphic export), passes.
+    small = [s for s in shape[1:3] if isinstance(s, numbers.Integral) and s < min_size]
     if small:
         raise ArgumentError(f"{owner} takes images of at least {min_size}x{min_size} pixels; got shape {shape}")
 
