@@ -32,3 +32,12 @@ def backend_env(pipeline, source=REPO):
     if jax:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "no_tensorflow"), str(source)])
     return env
+
+
+def rss_mib():
+    """This process's resident memory now, in MiB (Linux; NaN elsewhere)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import REPO, cpu_device, emit
+from benchmarks import REPO, cpu_device, emit, rss_mib
 
 PATHS = ("keras_tensorflow", "keras_jax", "onnx", "litert", "openvino", "torch_eager", "torch_compile")
 CASES = {"full": [("whole_512", 512, 0, 0), ("tiled_2048", 2048, 256, 32)],
@@ -166,14 +166,6 @@ def _load(path, folder, threads):
     if importlib.util.find_spec(module.split(".")[0]) is None:
         return None, f"{package} is not installed (pip install -e '.[export]')"
     return runtimes.load(os.path.join(folder, path), threads=threads)[0], None
-
-
-def rss_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _measure(args):

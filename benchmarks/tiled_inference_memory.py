@@ -13,15 +13,7 @@ import json
 import resource
 import time
 
-from benchmarks import cpu_device
-
-
-def rss_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from benchmarks import cpu_device, rss_mib
 
 
 def main():

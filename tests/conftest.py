@@ -61,3 +61,14 @@ def make_image_folders(root, rng=None):
 def folders(tmp_path, rng):
     """`make_image_folders` in the test's temporary folder."""
     return make_image_folders(tmp_path, rng)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A tiny x2 EDSR saved as a .keras file, once per test module (export, safety and refusal tests)."""
+    from kx_vision.models import EDSR
+
+    path = tmp_path_factory.mktemp("model") / "edsr.keras"
+    keras.utils.set_random_seed(0)
+    EDSR(scale=2, num_blocks=1, num_filters=8).save(path)
+    return path

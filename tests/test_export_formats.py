@@ -16,6 +16,7 @@ import pytest
 from keras import ops
 from PIL import Image
 from seg_helpers import tiny_backbone
+from tests_helpers import one_line_error
 
 from kx_vision import export, predict, runtimes
 from kx_vision.errors import KxVisionError
@@ -236,20 +237,6 @@ def test_missing_runtime_names_the_extra(exported, monkeypatch):
 
 
 # --- export: refusals, atomic writes, quantised variants ---
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "edsr.keras"
-    keras.utils.set_random_seed(0)
-    EDSR(scale=2, num_blocks=1, num_filters=8).save(path)
-    return path
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def test_bad_quantisation_is_refused_before_loading(model_file, tmp_path, capsys):

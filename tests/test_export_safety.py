@@ -11,21 +11,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from tests_helpers import dead_pid, one_line_error
 
 from kx_vision.export import clean_stale_temporaries, main
-from kx_vision.models import EDSR
 
 tf = pytest.importorskip("tensorflow")  # SavedModel export needs TensorFlow on either backend
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kx_vision"
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "edsr.keras"
-    keras.utils.set_random_seed(0)
-    EDSR(scale=2, num_blocks=1, num_filters=8).save(path)
-    return path
 
 
 def tree(folder):
@@ -40,18 +32,6 @@ def fake_export(folder, content=b"earlier export"):
     (folder / "saved_model.pb").write_bytes(content)
     (folder / "variables" / "variables.index").write_bytes(content)
     return folder
-
-
-def dead_pid():
-    """The id of a process that has exited."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 # --- --force never deletes what is not an earlier export ---

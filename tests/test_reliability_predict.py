@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from seg_helpers import tiny_backbone
+from tests_helpers import dead_pid, one_line_error
 
 from kx_vision import evaluate, inference, predict
 from kx_vision.data.images import load_image, pixel_limit
@@ -24,18 +25,6 @@ from kx_vision.errors import DataError
 from kx_vision.models import EDSR, StyleTransferNet, UNet
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def dead_pid():
-    """The id of a process that has exited."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """NumPy references shared by tests."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -64,3 +66,15 @@ def tiny_config(folder, **extra):
                    "data.batch_size=4", "model.num_blocks=1", "model.num_filters=8", "epochs=2",
                    "steps_per_epoch=3", "optimizer.warmup_steps=0"] + [f"{k}={v}" for k, v in extra.items()]
     return config_lib.load(superres.SuperResConfig, None, assignments)
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def dead_pid():
+    """The id of a process that has exited."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
