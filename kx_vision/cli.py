@@ -149,7 +149,7 @@ COMMANDS = {
     "train": ("kx_vision.train", "train a task (superres, segmentation, style)"),
     "evaluate": ("kx_vision.evaluate", "score a model (or bicubic) on image folders or tfds"),
     "predict": ("kx_vision.predict", "run a model on images (any size, tiled), writing PNGs"),
-    "export": ("kx_vision.export", "export a .keras model as a TensorFlow SavedModel"),
+    "export": ("kx_vision.export", "export a model: TensorFlow SavedModel, ONNX, LiteRT or OpenVINO (--format)"),
     "prepare": ("kx_vision.prepare", "resize a folder, or cut HR images into crops"),
 }
 
