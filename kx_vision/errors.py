@@ -13,6 +13,16 @@ class DataError(KxVisionError, ValueError):
     """A missing, empty, corrupt or unsuitable data file or folder."""
 
 
+class UnreadableFileError(DataError):
+    """A file that cannot be decoded: corrupt, truncated, or not an image at all. Loaders of many files
+    skip these with a warning and count them; other `DataError`s (a mask of the wrong kind, sizes that
+    disagree) stop the run."""
+
+
+class TooLargeImageError(DataError):
+    """An image beyond Pillow's decompression-bomb limit (`kx_vision.data.images.pixel_limit`)."""
+
+
 class ConfigError(KxVisionError, ValueError):
     """An unknown config key or a value of the wrong type."""
 
@@ -30,3 +40,7 @@ class ArgumentError(KxVisionError, ValueError):
 
 class WeightsUnavailableError(KxVisionError, RuntimeError):
     """Pretrained weights that were asked for could not be loaded (e.g. no network)."""
+
+
+class TrainingDiverged(KxVisionError):
+    """The training loss became NaN or infinite (`kx_vision.trainer`); the message says what was kept."""

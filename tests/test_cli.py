@@ -6,8 +6,10 @@ import shutil
 import subprocess
 
 import pytest
+from tests_helpers import one_line_error
 
 from kx_vision import cli
+from kx_vision.errors import TooLargeImageError, UnreadableFileError
 
 
 def test_kx_vision_lists_its_commands(capsys):
@@ -64,6 +66,37 @@ def test_an_error_raised_inside_the_input_pipeline_is_one_line(capsys):
 
     with pytest.raises(tf.errors.InvalidArgumentError):
         cli.run(broken)
+
+
+def _diverged():
+    from kx_vision.trainer import TrainingDiverged
+
+    return TrainingDiverged("training diverged in epoch 2 (the loss is nan)")
+
+
+@pytest.mark.parametrize("error", [
+    lambda: UnreadableFileError("cannot read image x.png: truncated"),
+    lambda: TooLargeImageError("x.png is 20000x20000 pixels"),
+    _diverged,
+], ids=["unreadable", "too_large", "diverged"])
+def test_every_error_of_the_package_is_one_line(capsys, error):
+    def command():
+        raise error()
+
+    assert cli.run(command) == 2
+    assert one_line_error(capsys) == f"error: {error()}"
+
+
+def test_an_unreadable_file_found_inside_the_input_pipeline_is_one_line(capsys):
+    # TensorFlow pastes the error's qualified class name into its own; the handler knows kx_vision.errors'.
+    tf = pytest.importorskip("tensorflow")
+
+    def read(index):
+        raise UnreadableFileError(f"cannot read image {int(index)}.png: truncated")
+
+    dataset = tf.data.Dataset.range(3).map(lambda i: tf.numpy_function(read, [i], tf.int64))
+    assert cli.run(lambda: next(iter(dataset))) == 2
+    assert one_line_error(capsys) == "error: cannot read image 0.png: truncated"
 
 
 @pytest.mark.skipif(shutil.which("kx-vision") is None, reason="the kx-vision console script is installed by "

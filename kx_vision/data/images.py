@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from kx_vision.errors import DataError
+from kx_vision.errors import DataError, TooLargeImageError, UnreadableFileError
 
 log = logging.getLogger("kx_vision")
 
@@ -73,16 +73,6 @@ def to_rgb_array(image, path="<image>"):
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-class UnreadableFileError(DataError):
-    """A file that cannot be decoded: corrupt, truncated, or not an image at all. Loaders of many files
-    skip these with a warning and count them; other `DataError`s (a mask of the wrong kind, sizes that
-    disagree) stop the run."""
-
-
-class TooLargeImageError(DataError):
-    """An image beyond Pillow's decompression-bomb limit (`pixel_limit`)."""
 
 
 def pixel_limit():
