@@ -144,20 +144,52 @@ def quiet_start_from_argv(argv):
     quiet_start("--verbose" in argv, tensorflow=not helping and command != "kx_vision.prepare")
 
 
-# `kx-vision COMMAND ...`: each command is a module with a `main(argv)`.
+# `kx-vision COMMAND ...`: each command is a module with a `main(argv)`, imported by the function beside its help.
+# The imports are real (ruff and the import-floor test see them) but run only when their command runs, not at
+# the top of this file: every command imports `cli` (for `run`), so a top-level import would be circular and
+# would make `python -m kx_vision.train` execute train.py twice (as `__main__` and as `kx_vision.train`); and
+# `kx-vision --help` imports no command (NumPy, YAML), so it stays instant.
+def _train():
+    from kx_vision import train
+
+    return train
+
+
+def _evaluate():
+    from kx_vision import evaluate
+
+    return evaluate
+
+
+def _predict():
+    from kx_vision import predict
+
+    return predict
+
+
+def _export():
+    from kx_vision import export
+
+    return export
+
+
+def _prepare():
+    from kx_vision import prepare
+
+    return prepare
+
+
 COMMANDS = {
-    "train": ("kx_vision.train", "train a task (superres, segmentation, style)"),
-    "evaluate": ("kx_vision.evaluate", "score a model (or bicubic) on image folders or tfds"),
-    "predict": ("kx_vision.predict", "run a model on images (any size, tiled), writing PNGs"),
-    "export": ("kx_vision.export", "export a model: TensorFlow SavedModel, ONNX, LiteRT or OpenVINO (--format)"),
-    "prepare": ("kx_vision.prepare", "resize a folder, or cut HR images into crops"),
+    "train": (_train, "train a task (superres, segmentation, style)"),
+    "evaluate": (_evaluate, "score a model (or bicubic) on image folders or tfds"),
+    "predict": (_predict, "run a model on images (any size, tiled), writing PNGs"),
+    "export": (_export, "export a model: TensorFlow SavedModel, ONNX, LiteRT or OpenVINO (--format)"),
+    "prepare": (_prepare, "resize a folder, or cut HR images into crops"),
 }
 
 
 def main(argv=None):
     """The `kx-vision` console script: dispatch to a command's `main`."""
-    import importlib
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
@@ -168,5 +200,5 @@ def main(argv=None):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0 if argv else 2
-    module, _ = COMMANDS[argv[0]]
-    return importlib.import_module(module).main(argv[1:])
+    command, _ = COMMANDS[argv[0]]
+    return command().main(argv[1:])

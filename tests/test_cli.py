@@ -4,8 +4,10 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
+from conftest import REPO
 from tests_helpers import one_line_error
 
 from kx_vision import cli
@@ -19,6 +21,16 @@ def test_kx_vision_lists_its_commands(capsys):
     assert cli.main(["--help"]) == 0
     assert cli.main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_commands_are_modules_imported_only_when_they_run():
+    assert {name: command().__name__ for name, (command, _) in cli.COMMANDS.items()} == {
+        name: f"kx_vision.{name}" for name in ("train", "evaluate", "predict", "export", "prepare")}
+    code = ("import sys; from kx_vision import cli; cli.main(['--help']); "
+            "print(sorted(m for m in sys.modules if m in ('numpy', 'keras') or m.split('.')[-1] in cli.COMMANDS))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "[]", done.stderr  # --help stays instant
 
 
 def test_kx_vision_dispatches_to_the_command(capsys):

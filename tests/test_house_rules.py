@@ -60,6 +60,11 @@ FLOORS = [
 ]
 
 
+# The one import allowed to reach up: `kx-vision COMMAND` (`cli.main`) imports the command it runs, when it runs it
+# (`cli.COMMANDS`); the commands themselves import `cli` for its error handler.
+DISPATCH = {("kx_vision.cli", f"kx_vision.{name}") for name in ("train", "evaluate", "predict", "export", "prepare")}
+
+
 def _group(module):
     """`kx_vision.models.unet` -> "models"; `kx_vision` -> ""."""
     parts = module.split(".")
@@ -96,7 +101,7 @@ def test_imports_point_down_the_floors():
     for module, imported in sorted(graph.items()):
         for target in sorted(imported):
             here, there = _group(module), _group(target)
-            if here != there and floor_of[there] >= floor_of[here]:
+            if here != there and floor_of[there] >= floor_of[here] and (module, target) not in DISPATCH:
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports reaching up or sideways:\n" + "\n".join(wrong)
 
@@ -107,3 +112,4 @@ def test_the_floor_check_catches_a_sideways_import(tmp_path):
     assert floor_of["losses"] == floor_of["models"]  # so models -> losses counts as sideways
     graph = _imports_of_package()
     assert "kx_vision.trainer" in graph["kx_vision.train"]  # imported inside main(): seen
+    assert {target for _, target in DISPATCH} <= graph["kx_vision.cli"]  # cli.COMMANDS: real imports
