@@ -168,6 +168,16 @@ def test_import_registers_without_importing_keras_and_commands_help_stays_light(
     assert "config keys" in out and out.strip().splitlines()[-1] == "KERAS False False"
 
 
+def test_import_on_jax_reads_no_argv_and_imports_no_tensorflow(tmp_path):
+    # The same whatever the entry point (`python -c`, `python -m`) and whatever sys.argv holds.
+    code = ("import sys; sys.argv = ['-m', 'kx_vision.train', 'superres']; import kx_vision, keras; "
+            "kx_vision.models.EDSR(scale=2, num_blocks=1, num_filters=8); "
+            "print(keras.backend.backend(), 'tensorflow' in sys.modules)")
+    (tmp_path / "jax_user.py").write_text(code)
+    for args in (["-c", code], ["-m", "jax_user"]):
+        assert run_python(args, tmp_path, KERAS_BACKEND="jax").split() == ["jax", "False"]
+
+
 def test_python_m_kx_vision_lists_the_commands(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kx_vision"], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
