@@ -4,6 +4,9 @@ frameworks' results are scored by one command (`kx-vision evaluate superres --mo
 
 python -m benchmarks.torch_peer --budget-s 900 --out runs/peer/torch.keras [--log runs/peer/peer.jsonl]
 
+Needs PyTorch (`pip install -e '.[bench]'`; a CPU-only wheel is enough), and kx_vision with its Keras backend
+(TensorFlow: the degradation is then the same `tf.image.resize` as in kx_vision's training pipeline).
+
 Adapted from `../shared/bench/torch_edsr_train.py` (plain PyTorch, CPU, `torch.set_num_threads`, the learning
 rate following the clock), changed to be the recipe of `configs/presets/edsr_8x32_x2.yaml`:
 
