@@ -26,8 +26,9 @@ and renamed into place, so a failed export (a full disk, a read-only folder, a c
 nothing. `OUT_DIR` may be new or an empty folder; with `--force` it may also be an earlier export (a folder
 holding a SavedModel, or an export of the other formats, and nothing else), which is replaced. Any other
 existing path is refused, as is a folder holding the model being exported or the current folder. Temporary
-folders that killed exports left beside `OUT_DIR` (hidden `.NAME.tmp-PID`, from processes that no longer run)
-are removed by the next export there.
+folders that killed exports left beside `OUT_DIR` (hidden `.tmp-PID-NAME`, from processes that no longer run) are
+removed by the next export there, and an earlier export moved aside (`.old-PID-NAME`) is put back
+(`kx_vision.fileio`).
 
 This module imports TensorFlow and Keras only when it exports, so `--help` is instant.
 """
@@ -38,7 +39,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
 import warnings
 
@@ -46,6 +46,7 @@ import numpy as np
 
 from kx_vision import cli, runtimes
 from kx_vision.errors import KxVisionError
+from kx_vision.fileio import atomic_folder, remove_stale_temporaries
 from kx_vision.version import __version__
 
 FORMATS = ("tf_saved_model",) + runtimes.FORMATS
@@ -64,54 +65,14 @@ OUTPUTS = ("auto", "image", "raw")
 SAVED_MODEL_ENTRIES = frozenset(
     {"saved_model.pb", "variables", "assets", "fingerprint.pb", "saved_model.pbtxt", "assets.extra",
      "keras_metadata.pb"})
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?P<old>\.old)?$")
-
-
-def _temporary(out_dir, pid=None):
-    """The hidden folder beside `out_dir` that an export by process `pid` writes into."""
-    parent, name = os.path.split(out_dir)
-    return os.path.join(parent, f".{name}.tmp-{os.getpid() if pid is None else pid}")
-
-
-def _process_running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except OverflowError:  # not a pid this system can have
-        return False
-    return True
 
 
 def clean_stale_temporaries(folder):
-    """Remove the temporary folders that exports killed before they finished left in `folder`
-    (`.NAME.tmp-PID`, whose process no longer runs). An export killed between its two renames left the
-    previous export in `.NAME.tmp-PID.old` and nothing at `NAME`: that folder is renamed back to `NAME`.
-    Returns one line per folder removed or restored."""
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError:
-        return []
+    """Remove what exports killed before they finished left in `folder` (`.tmp-PID-NAME`, whose process no
+    longer runs); an export killed between its two renames left the previous export in `.old-PID-NAME` and
+    nothing at `NAME`: that folder is renamed back to `NAME`. Returns one line per folder removed or restored."""
     lines = []
-    for entry in entries:
-        match = _TEMPORARY.match(entry)
-        path = os.path.join(folder, entry)
-        if (match is None or os.path.islink(path) or not os.path.isdir(path)
-                or _process_running(int(match["pid"]))):
-            continue
-        target = os.path.join(folder, match["name"])
-        try:
-            if match["old"] and not os.path.lexists(target):
-                os.rename(path, target)
-                lines.append(f"restored {target} from {entry}, left by an export that was killed while "
-                             "replacing it")
-            else:
-                shutil.rmtree(path)
-                lines.append(f"removed {path}, left by an export that was killed (process {match['pid']})")
-        except OSError as error:
-            lines.append(f"could not remove {path}, left by a killed export: {error.strerror or error}")
+    remove_stale_temporaries(folder, report=lines.append, what="an export")
     return lines
 
 
@@ -287,19 +248,15 @@ def _write_atomically(out_dir, write, force, source):
         return KxVisionError(f"cannot {what} the export {out_dir}: {_write_error(error)} (in {parent}); "
                              "nothing was changed")
 
-    tmp = _temporary(out_dir)
     try:
         created = _make_folders(parent)
     except OSError as error:
         raise failed(error, "create the folder of") from error
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.mkdir(tmp)  # a read-only folder fails here, before the model is traced
-        write(tmp)
-        check_output_folder(out_dir, force=force, source=source)  # again: the folder may have changed since
-        _rename_into_place(tmp, out_dir)
+        with atomic_folder(out_dir) as tmp:
+            write(tmp)
+            check_output_folder(out_dir, force=force, source=source)  # again: the folder may have changed since
     except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
         for folder in reversed(created):  # folders this export made for itself go too
             try:
                 os.rmdir(folder)
@@ -308,22 +265,6 @@ def _write_atomically(out_dir, write, force, source):
         if isinstance(error, (OSError, tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError)):
             raise failed(error) from error
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _rename_into_place(tmp, out_dir):
-    if os.path.exists(out_dir):
-        old = f"{tmp}.old"
-        os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            os.rename(old, out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
 
 
 def _write_saved_model(model, folder, outputs, uint8_endpoint):

@@ -170,13 +170,13 @@ def test_read_only_folder(tmp_path, model_file, capsys):
 def test_stale_temporaries_are_removed_and_a_live_export_is_left_alone(tmp_path, model_file, capsys):
     dead, live = dead_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        stale = tmp_path / f".sm.tmp-{dead}"
+        stale = tmp_path / f".tmp-{dead}-sm"
         (stale / "variables").mkdir(parents=True)
         (stale / "variables" / "variables.data-00000-of-00001").write_bytes(b"partial")
-        fake_export(tmp_path / f".sm.tmp-{dead}.old")  # killed after the new export was in place
-        fake_export(tmp_path / f".other.tmp-{dead}")  # another target's
-        running = fake_export(tmp_path / f".sm.tmp-{live.pid}")  # an export still running
-        kept = [tmp_path / ".tmp-123-last.keras", tmp_path / f".notes.tmp-{dead}"]  # not export folders
+        fake_export(tmp_path / f".old-{dead}-sm")  # killed after the new export was in place
+        fake_export(tmp_path / f".tmp-{dead}-other")  # another target's
+        running = fake_export(tmp_path / f".tmp-{live.pid}-sm")  # an export still running
+        kept = [tmp_path / f".tmp-{live.pid}-last.keras", tmp_path / f".notes.tmp-{dead}"]  # a live write, not ours
         kept[0].write_bytes(b"checkpoint")
         kept[1].write_text("a file")
         fake_export(tmp_path / "sm")
@@ -184,7 +184,7 @@ def test_stale_temporaries_are_removed_and_a_live_export_is_left_alone(tmp_path,
         err = capsys.readouterr().err
         assert err.count("left by an export that was killed") == 3, err
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-            [".notes.tmp-" + str(dead), ".tmp-123-last.keras", f".sm.tmp-{live.pid}", "sm"])
+            [".notes.tmp-" + str(dead), f".tmp-{live.pid}-last.keras", f".tmp-{live.pid}-sm", "sm"])
         assert (running / "saved_model.pb").read_bytes() == b"earlier export"
     finally:
         live.kill()
@@ -195,8 +195,8 @@ def test_export_killed_between_its_renames_is_restored(tmp_path, model_file, cap
     """Killed after moving the earlier export aside and before moving the new one in: the earlier export is
     put back (and then, without --force, kept)."""
     dead = dead_pid()
-    fake_export(tmp_path / f".sm.tmp-{dead}.old")
-    fake_export(tmp_path / f".sm.tmp-{dead}", content=b"complete or not, unknown")
+    fake_export(tmp_path / f".old-{dead}-sm")
+    fake_export(tmp_path / f".tmp-{dead}-sm", content=b"complete or not, unknown")
     assert main([str(model_file), str(tmp_path / "sm")]) == 2
     captured = capsys.readouterr().err
     assert "restored" in captured and "exists; pass --force" in captured

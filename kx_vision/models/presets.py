@@ -23,6 +23,7 @@ import shutil
 import keras
 
 from kx_vision.errors import KxVisionError, WeightsUnavailableError
+from kx_vision.fileio import atomic_folder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -43,47 +44,36 @@ DATA_291 = (
     "for non-commercial research and educational use only. Validated on Set5."
 )
 
+
+
+def _edsr(scale, num_blocks, num_filters, description, recipe, train):
+    return {"class_name": "EDSR", "description": description, "recipe": recipe, "train": train, "data": DATA_291,
+            "config": {"scale": scale, "num_blocks": num_blocks, "num_filters": num_filters, "residual_scale": 0.1}}
+
+
+def _cpu_recipe(name):
+    return f"configs/presets/{name}.yaml", (f"KERAS_BACKEND=tensorflow python -m kx_vision.train superres --config "
+                                            f"configs/presets/{name}.yaml --output runs/presets/{name}")
+
+
 # The presets kx_vision knows by name: the architecture, the recipe that trains it, the data it uses.
 # `edsr_8x32_*` ship (trained on a 2-core CPU, issue 31); `edsr_baseline_*` are the paper-scale recipes, whose
 # weights need a GPU and are not shipped.
 PRESETS = {
-    "edsr_8x32_x2": {
-        "class_name": "EDSR",
-        "config": {"scale": 2, "num_blocks": 8, "num_filters": 32, "residual_scale": 0.1},
-        "description": "EDSR of 8 residual blocks x 32 filters (196K parameters, residual scale 0.1, pixel shuffle "
-                       "+ ICNR), x2, L1 loss, trained on a 2-core CPU within 120 minutes",
-        "recipe": "configs/presets/edsr_8x32_x2.yaml",
-        "train": "KERAS_BACKEND=tensorflow python -m kx_vision.train superres --config "
-                 "configs/presets/edsr_8x32_x2.yaml --output runs/presets/edsr_8x32_x2",
-        "data": DATA_291,
-    },
-    "edsr_8x32_x4": {
-        "class_name": "EDSR",
-        "config": {"scale": 4, "num_blocks": 8, "num_filters": 32, "residual_scale": 0.1},
-        "description": "EDSR of 8 residual blocks x 32 filters, x4, grown from edsr_8x32_x2 (the lesson's "
-                       "progressive resizing: body transferred, a new ICNR upsampling stage), L1 loss, 2-core CPU",
-        "recipe": "configs/presets/edsr_8x32_x4.yaml",
-        "train": "KERAS_BACKEND=tensorflow python -m kx_vision.train superres --config "
-                 "configs/presets/edsr_8x32_x4.yaml --output runs/presets/edsr_8x32_x4",
-        "data": DATA_291,
-    },
-    "edsr_baseline_x2": {
-        "class_name": "EDSR",
-        "config": {"scale": 2, "num_blocks": 16, "num_filters": 64, "residual_scale": 0.1},
-        "description": "EDSR baseline (Lim et al. 2017: 16 blocks, 64 filters, residual scale 0.1), x2, L1 loss",
-        "recipe": "configs/edsr_baseline_x2.yaml",
-        "train": "python -m kx_vision.train superres --config configs/edsr_baseline_x2.yaml --output runs/edsr_x2",
-        "data": DATA_291,
-    },
-    "edsr_baseline_x4": {
-        "class_name": "EDSR",
-        "config": {"scale": 4, "num_blocks": 16, "num_filters": 64, "residual_scale": 0.1},
-        "description": "EDSR baseline (16 blocks, 64 filters, residual scale 0.1), x4, grown from the x2 model",
-        "recipe": "configs/edsr_baseline_x4.yaml",
-        "train": "python -m kx_vision.train superres --config configs/edsr_baseline_x4.yaml --output runs/edsr_x4 "
-                 "(after the x2 recipe, whose runs/edsr_x2/model.keras it starts from)",
-        "data": DATA_291,
-    },
+    "edsr_8x32_x2": _edsr(2, 8, 32, "EDSR of 8 residual blocks x 32 filters (196K parameters, residual scale 0.1, "
+                          "pixel shuffle + ICNR), x2, L1 loss, trained on a 2-core CPU within 120 minutes",
+                          *_cpu_recipe("edsr_8x32_x2")),
+    "edsr_8x32_x4": _edsr(4, 8, 32, "EDSR of 8 residual blocks x 32 filters, x4, grown from edsr_8x32_x2 (the "
+                          "lesson's progressive resizing: body transferred, a new ICNR upsampling stage), L1 loss, "
+                          "2-core CPU", *_cpu_recipe("edsr_8x32_x4")),
+    "edsr_baseline_x2": _edsr(2, 16, 64, "EDSR baseline (Lim et al. 2017: 16 blocks, 64 filters, residual scale "
+                              "0.1), x2, L1 loss", "configs/edsr_baseline_x2.yaml",
+                              "python -m kx_vision.train superres --config configs/edsr_baseline_x2.yaml --output "
+                              "runs/edsr_x2"),
+    "edsr_baseline_x4": _edsr(4, 16, 64, "EDSR baseline (16 blocks, 64 filters, residual scale 0.1), x4, grown from "
+                              "the x2 model", "configs/edsr_baseline_x4.yaml",
+                              "python -m kx_vision.train superres --config configs/edsr_baseline_x4.yaml --output "
+                              "runs/edsr_x4 (after the x2 recipe, whose runs/edsr_x2/model.keras it starts from)"),
 }
 
 # What the card of a preset shipped in the package must state (`shipped_card_problems`).
@@ -98,7 +88,9 @@ def known_presets():
 def default_card(name):
     """The card facts the registry knows for preset `name` (description, training command, data); the
     measured ones (device, minutes, results) are added by whoever trained and measured the weights."""
-    entry = _known(name)
+    if name not in PRESETS:
+        raise unknown_preset_error(name)
+    entry = PRESETS[name]
     return {"description": entry["description"], "training_command": entry["train"], "data": entry["data"]}
 
 
@@ -107,12 +99,6 @@ def shipped_presets():
     if not os.path.isdir(PRESETS_DIR):
         return []
     return sorted(n for n in os.listdir(PRESETS_DIR) if os.path.isdir(os.path.join(PRESETS_DIR, n)))
-
-
-def _known(name):
-    if name not in PRESETS:
-        raise unknown_preset_error(name)
-    return PRESETS[name]
 
 
 def unknown_preset_error(name):
@@ -220,31 +206,57 @@ def save(model, directory, dtype="float32", card=None, overwrite=False, images=N
     command and data); it goes into metadata.json and README.md. `images`: `{name: path}` of PNG pictures for
     the card (names from `CARD_IMAGES`), copied into the folder and shown in README.md.
     """
-    from kx_vision.version import __version__
-
     if dtype not in WEIGHT_DTYPES:
         raise KxVisionError(f"preset weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
-    card = dict(card or {})
     images = dict(images or {})
     unknown = sorted(set(images) - set(CARD_IMAGES))
     if unknown:
         raise KxVisionError(f"preset card images must be named {', '.join(CARD_IMAGES)}; got {', '.join(unknown)}")
     directory = os.path.abspath(os.fspath(directory))
-    if os.path.lexists(directory):
-        if not os.path.isdir(directory) or os.path.islink(directory):
-            raise KxVisionError(f"{directory} exists and is not a folder; refusing to replace it with a preset")
-        entries = set(os.listdir(directory))
-        if entries and not overwrite:
-            raise KxVisionError(f"{directory} exists; pass overwrite=True to replace it")
-        if not entries <= set(PRESET_FILES):
-            raise KxVisionError(
-                f"{directory} holds files that are not a preset's ({', '.join(sorted(entries - set(PRESET_FILES)))}); "
-                "refusing to replace it"
-            )
+    _check_target(directory, overwrite)
     config = keras.saving.serialize_keras_object(model)
     for key in ("build_config", "compile_config"):
         config.pop(key, None)
-    metadata = {
+    metadata = _metadata(model, dtype, dict(card or {}), images)
+    try:
+        config_text = json.dumps(config, indent=2)
+        metadata_text = json.dumps(metadata, indent=2)
+    except (TypeError, ValueError) as error:
+        raise KxVisionError(f"preset config or card is not JSON-serialisable: {error}") from error
+
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    with atomic_folder(directory) as tmp:
+        _write_text(os.path.join(tmp, CONFIG_FILE), config_text + "\n")
+        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+        if dtype == "float16":
+            _store_float16(os.path.join(tmp, WEIGHTS_FILE))
+        _write_text(os.path.join(tmp, METADATA_FILE), metadata_text + "\n")
+        for name, path in images.items():
+            shutil.copyfile(path, os.path.join(tmp, name))
+        _write_text(os.path.join(tmp, README_FILE), model_card(os.path.basename(directory), config, metadata))
+    return directory
+
+
+def _check_target(directory, overwrite):
+    """Refuse to replace anything but nothing, an empty folder, or (with `overwrite`) a preset folder."""
+    if not os.path.lexists(directory):
+        return
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        raise KxVisionError(f"{directory} exists and is not a folder; refusing to replace it with a preset")
+    entries = set(os.listdir(directory))
+    if entries and not overwrite:
+        raise KxVisionError(f"{directory} exists; pass overwrite=True to replace it")
+    if not entries <= set(PRESET_FILES):
+        raise KxVisionError(
+            f"{directory} holds files that are not a preset's ({', '.join(sorted(entries - set(PRESET_FILES)))}); "
+            "refusing to replace it"
+        )
+
+
+def _metadata(model, dtype, card, images):
+    from kx_vision.version import __version__
+
+    return {
         "class_name": type(model).__name__,
         "kx_vision_version": __version__,
         "keras_version": keras.version(),
@@ -255,46 +267,11 @@ def save(model, directory, dtype="float32", card=None, overwrite=False, images=N
         "card": card,
         "images": sorted(images),
     }
-    try:
-        config_text = json.dumps(config, indent=2)
-        metadata_text = json.dumps(metadata, indent=2)
-    except (TypeError, ValueError) as error:
-        raise KxVisionError(f"preset config or card is not JSON-serialisable: {error}") from error
-
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{os.getpid()}-{os.path.basename(directory)}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            f.write(config_text + "\n")
-        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
-        if dtype == "float16":
-            _store_float16(os.path.join(tmp, WEIGHTS_FILE))
-        with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
-            f.write(metadata_text + "\n")
-        for name, path in images.items():
-            shutil.copyfile(path, os.path.join(tmp, name))
-        with open(os.path.join(tmp, README_FILE), "w", encoding="utf-8") as f:
-            f.write(model_card(os.path.basename(directory), config, metadata))
-        _replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
 
 
-def _replace_dir(tmp, directory):
-    """Move the finished folder `tmp` to `directory`, replacing an empty folder or an earlier preset."""
-    if os.path.isdir(directory) and not os.listdir(directory):
-        os.rmdir(directory)
-    if os.path.isdir(directory):
-        old = f"{tmp}.old"
-        os.rename(directory, old)
-        os.rename(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, directory)
+def _write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _store_float16(path):
@@ -323,8 +300,36 @@ def _store_float16(path):
     os.replace(half, path)
 
 
+# The card facts with a place of their own in README.md; any other goes under "Notes".
+_CARD_SECTIONS = ("description", "training_command", "data", "device", "training_minutes", "results", "comparison")
+
+
 def _number(value, digits):
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
+
+
+def _results_table(results):
+    if not results:
+        return []
+    metric_names = list(dict.fromkeys(m for scores in results.values() for m in scores))
+    lines = ["", "## Results", "",
+             "Y channel (BT.601), `scale` border pixels shaved, predictions rounded to 8 bits "
+             "(`python -m kx_vision.evaluate superres`).", "",
+             "| set | " + " | ".join(metric_names) + " |", "|---|" + "---|" * len(metric_names)]
+    for set_name, scores in results.items():
+        cells = [_number(scores[m], 4 if "ssim" in m else 2) if m in scores else "" for m in metric_names]
+        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _comparison_table(comparison):
+    if not comparison:
+        return []
+    sets = list(dict.fromkeys(s for scores in comparison.values() for s in scores))
+    lines = ["", "## Compared (Y-PSNR, dB)", "", "| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for method, scores in comparison.items():
+        lines.append(f"| {method} | " + " | ".join(_number(scores.get(s, ""), 2) for s in sets) + " |")
+    return lines
 
 
 def model_card(name, config, metadata):
@@ -354,30 +359,12 @@ def model_card(name, config, metadata):
     lines += ["```bash", command or "(not recorded)", "```", ""]
     for key, label in (("data", "Data"), ("device", "Device"), ("training_minutes", "Training time (minutes)")):
         lines.append(f"- {label}: {card.get(key, '(not recorded)')}")
-    results = card.get("results") or {}
-    if results:
-        metric_names = list(dict.fromkeys(m for scores in results.values() for m in scores))
-        lines += ["", "## Results", "",
-                  "Y channel (BT.601), `scale` border pixels shaved, predictions rounded to 8 bits "
-                  "(`python -m kx_vision.evaluate superres`).", "",
-                  "| set | " + " | ".join(metric_names) + " |", "|---|" + "---|" * len(metric_names)]
-        for set_name, scores in results.items():
-            cells = [_number(scores[m], 4 if "ssim" in m else 2) if m in scores else "" for m in metric_names]
-            lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
-    comparison = card.get("comparison") or {}
-    if comparison:
-        sets = list(dict.fromkeys(s for scores in comparison.values() for s in scores))
-        lines += ["", "## Compared (Y-PSNR, dB)", "", "| method | " + " | ".join(sets) + " |",
-                  "|---|" + "---|" * len(sets)]
-        for method, scores in comparison.items():
-            lines.append(f"| {method} | " + " | ".join(_number(scores.get(s, ""), 2) for s in sets) + " |")
+    lines += _results_table(card.get("results") or {}) + _comparison_table(card.get("comparison") or {})
     captions = {"psnr_vs_minutes.png": "Set5 Y-PSNR against training minutes",
                 "examples.png": "bicubic | model | ground truth"}
     for image in metadata.get("images", []):
         lines += ["", f"![{captions.get(image, image)}]({image})"]
-    others = {k: v for k, v in card.items()
-              if k not in ("description", "training_command", "data", "device", "training_minutes", "results",
-                           "comparison")}
+    others = {k: v for k, v in card.items() if k not in _CARD_SECTIONS}
     if others:
         lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in others.items()]
     lines += ["", "## Config", ""] + [f"- `{k}`: {v}" for k, v in model_config.items()
