@@ -12,8 +12,10 @@ decompression-bomb limit (about 179 megapixels: twice `PIL.Image.MAX_IMAGE_PIXEL
 `--allow-large-images`.
 
 Exported models: `--model FOLDER` of `kx-vision export --format onnx|litert|openvino` runs in ONNX Runtime, LiteRT
-or OpenVINO (`--runtime auto`, the default, picks an export's own runtime and Keras for anything else), with
-the same tiling, image I/O and outputs as the Keras path (`kx_vision.runtimes`).
+or OpenVINO, with the same tiling, image I/O and outputs as the Keras path (`kx_vision.runtimes`). By default an
+export folder runs in its own runtime and anything else in Keras; `--runtime auto` runs a .keras file or a preset
+in kx_vision's fastest installed runtime (`runtimes.FASTEST_FIRST`), on an export made once into the cache
+(`~/.cache/kx_vision/exports`) and reused, or in Keras when no runtime can (one line says which).
 
 Outputs are lossless PNGs named `<input stem>_<suffix>.png` (`photo_x2.png`; `_mask` and `_overlay` for
 segmentation, `_styled` for style), each written atomically (a hidden `.tmp-<pid>-<name>` renamed into
@@ -159,17 +161,20 @@ def _process(inputs, output, allow_large, load):
 
 
 def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, self_ensemble=False,
-        scale=None, runtime="auto"):
+        scale=None, runtime=None):
     """Writes `<stem>_x<scale>.png`, super-resolved tile by tile (`tile=0`: in one piece). `runtime`: see
-    `kx_vision.runtimes.chosen` (an exported model runs in ONNX Runtime, LiteRT or OpenVINO)."""
+    `kx_vision.runtimes.select` (None: an export folder in its runtime, anything else in Keras; "auto": the
+    fastest installed runtime)."""
 
     def load():
         from PIL import Image
 
         from kx_vision import inference, runtimes
 
-        if runtimes.chosen(model_path, runtime):
-            predict, model_scale = runtimes.resolve_superres(model_path, scale, runtime, "predict superres")
+        export = runtimes.select(model_path, runtime)
+        if export:
+            predict, model_scale = runtimes.resolve_superres(export, scale, runtime, "predict superres",
+                                                             name=model_path)
         else:
             predict, model_scale = inference.resolve_superres_model(model_path, scale, command="predict superres")
         if self_ensemble:
@@ -193,7 +198,7 @@ PALETTE = np.array([
 ] + [[(37 * i) % 256, (97 * i) % 256, (173 * i) % 256] for i in range(12, 256)], dtype=np.uint8)
 
 
-def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, runtime="auto"):
+def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, runtime=None):
     """Writes `<stem>_mask.png` (class ids as a palette PNG: the pixel values are the ids) and
     `<stem>_overlay.png` (class colours blended over the image) for each input image."""
 
@@ -203,8 +208,9 @@ def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, r
         from kx_vision import inference, runtimes
         from kx_vision.models.loading import load_model
 
-        if runtimes.chosen(model_path, runtime):
-            predict, _ = runtimes.resolve(model_path, "segmentation", runtime, "predict segmentation")
+        export = runtimes.select(model_path, runtime)
+        if export:
+            predict, _ = runtimes.resolve(export, "segmentation", runtime, "predict segmentation", name=model_path)
         else:
             model = inference.check_task(load_model(model_path), model_path, "segmentation", "predict segmentation")
             predict = inference.checked_output(inference.as_predict_fn(model), model_path, "segmentation",
@@ -224,7 +230,7 @@ def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, r
     return _process(inputs, output, allow_large, load)
 
 
-def run_style(model_path, inputs, output, allow_large=False, runtime="auto"):
+def run_style(model_path, inputs, output, allow_large=False, runtime=None):
     """Writes `<stem>_styled.png` for each input image, at the input's size."""
 
     def load():
@@ -234,8 +240,9 @@ def run_style(model_path, inputs, output, allow_large=False, runtime="auto"):
         from kx_vision.models import StyleTransferNet
         from kx_vision.models.loading import load_model
 
-        if runtimes.chosen(model_path, runtime):
-            predict, card = runtimes.resolve(model_path, "style", runtime, "predict style")
+        export = runtimes.select(model_path, runtime)
+        if export:
+            predict, card = runtimes.resolve(export, "style", runtime, "predict style", name=model_path)
             minimum = card.get("min_size", 1)
         else:
             model = inference.check_task(load_model(model_path), model_path, "style", "predict style")
@@ -260,11 +267,12 @@ def _add_io_arguments(parser, model_help):
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--allow-large-images", action="store_true",
                         help="accept images beyond Pillow's decompression-bomb limit (about 179 megapixels)")
-    parser.add_argument("--runtime", default="auto", choices=("keras", "auto", "onnx", "litert", "openvino"),
-                        help="what runs the model: keras (a .keras file or a preset), or an export folder of "
-                             "kx-vision export --format onnx|litert|openvino in its runtime (pip install -e "
-                             "'.[export]'); auto: an export folder in its runtime, anything else in Keras "
-                             "(default: %(default)s)")
+    parser.add_argument("--runtime", choices=("keras", "auto", "onnx", "litert", "openvino"),
+                        help="what runs the model: keras (a .keras file or a preset); onnx, litert, openvino (an "
+                             "export folder of kx-vision export --format ...; pip install -e '.[export]'); auto: a "
+                             ".keras file or a preset in kx_vision's fastest installed runtime, exported once into "
+                             "~/.cache/kx_vision (KX_VISION_CACHE) and reused, else in Keras. Default: an export "
+                             "folder in its own runtime, anything else in Keras")
     cli.add_verbose_argument(parser)
 
 

@@ -1,7 +1,8 @@
 """ONNX, LiteRT and OpenVINO exports (issue 27): every model family round-trips through its runtime within 1e-4 of
 the Keras model at two input sizes; the LiteRT file holds builtin operators only (the pixel shuffle one
 DEPTH_TO_SPACE) and no tensor of rank above 4; quantised variants are smaller and close; `predict --runtime`
-writes what the Keras path writes. Keras converts these formats from the TensorFlow backend only: on JAX, the
+writes what the Keras path writes, and `--runtime auto` runs a .keras model in the fastest installed runtime on an
+export it makes once into the cache. Keras converts these formats from the TensorFlow backend only: on JAX, the
 export says so in one line, and the exports of the same `.keras` file (made by a TensorFlow subprocess) match
 the JAX model. The runtimes are the optional extra `.[export]`: without one, its tests skip."""
 
@@ -19,7 +20,7 @@ from seg_helpers import tiny_backbone
 from tests_helpers import one_line_error
 
 from kx_vision import export, predict, runtimes
-from kx_vision.errors import KxVisionError
+from kx_vision.errors import ArgumentError, KxVisionError
 from kx_vision.models import EDSR, FPN, StyleTransferNet, UNet
 
 pytest.importorskip("tensorflow")  # the converters run on TensorFlow graphs, from either backend
@@ -187,9 +188,10 @@ def test_predict_superres_runtime_matches_keras_path_tiled(format, exported, tmp
     assert predict.main([*keras_args, "--output", str(tmp_path / "keras"), *tiling]) == 0
     runtime_args = ["superres", "--model", str(folder / f"edsr_{format}"), "--input", str(tmp_path / "photo.png")]
     assert predict.main([*runtime_args, "--output", str(tmp_path / "rt"), "--runtime", format, *tiling]) == 0
-    assert predict.main([*runtime_args, "--output", str(tmp_path / "auto"), *tiling]) == 0  # default: auto
+    assert predict.main([*runtime_args, "--output", str(tmp_path / "default"), *tiling]) == 0  # its own runtime
+    assert predict.main([*runtime_args, "--output", str(tmp_path / "auto"), "--runtime", "auto", *tiling]) == 0
     want = np.asarray(Image.open(tmp_path / "keras" / "photo_x2.png")).astype(int)
-    for out in ("rt", "auto"):
+    for out in ("rt", "default", "auto"):
         got = np.asarray(Image.open(tmp_path / out / "photo_x2.png")).astype(int)
         assert got.shape == want.shape == (80, 88, 3)
         assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.99
@@ -218,7 +220,7 @@ def test_predict_runtime_refusals(exported, tmp_path, rng, capsys):
         (["superres", "--model", str(folder / "edsr_onnx"), "--runtime", "keras"], "pass --runtime onnx"),
         (["superres", "--model", str(folder / "edsr_onnx"), "--runtime", "litert"], "pass --runtime onnx"),
         (["superres", "--model", str(folder / "unet_onnx"), "--runtime", "onnx"], "expects a super-resolution"),
-        (["superres", "--model", str(folder / "edsr_onnx"), "--scale", "3"], "x2 model but --scale is 3"),
+        (["superres", "--model", str(folder / "edsr_onnx"), "--scale", "3"], "x2 model but --scale 3"),
         (["segmentation", "--model", str(folder / "edsr_litert"), "--runtime", "auto"], "expects a segmentation"),
         (["superres", "--model", str(folder / "edsr.keras"), "--runtime", "onnx"], "is not an exported model"),
     ]
@@ -227,6 +229,115 @@ def test_predict_runtime_refusals(exported, tmp_path, rng, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, (argv, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_python_callers_read_python_argument_names(exported):
+    folder, _ = exported
+    with pytest.raises(ArgumentError, match=r"is a x2 model but scale=3$") as info:
+        runtimes.resolve_superres(folder / "edsr_onnx", 3, "auto")
+    assert info.value.arguments == ("scale",)
+    with pytest.raises(ArgumentError, match=r"pass runtime=onnx \(or auto\)$"):
+        runtimes.select(folder / "edsr_onnx", "keras")
+    with pytest.raises(ArgumentError, match=r"not LiteRT: pass runtime=onnx"):
+        runtimes.load(folder / "edsr_onnx", "litert")
+
+
+# --- predict --runtime auto: the fastest installed runtime, exported once into the cache ---
+
+
+def first_installed():
+    """The runtime `--runtime auto` must pick here: the first of the ranking that is installed (or keras)."""
+    return next(f for f in runtimes.FASTEST_FIRST if f == "keras" or runtimes.installed(runtimes.PACKAGES[f][0]))
+
+
+def counting_exports(monkeypatch):
+    calls = []
+    real = runtimes.export_in_subprocess
+    monkeypatch.setattr(runtimes, "export_in_subprocess", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+def test_runtime_auto_exports_once_into_the_cache_and_matches_keras(exported, tmp_path, rng, capsys, monkeypatch):
+    format = first_installed()
+    if format == "keras":
+        pytest.skip("no runtime of the ranking is installed: pip install -e '.[export]'")
+    folder, _ = exported
+    monkeypatch.setenv("KX_VISION_CACHE", str(tmp_path / "cache"))
+    calls = counting_exports(monkeypatch)
+    write_image(tmp_path / "photo.png", rng, (40, 44))
+    common = ["superres", "--model", str(folder / "edsr.keras"), "--input", str(tmp_path / "photo.png"),
+              "--tile", "32", "--overlap", "24"]
+    assert predict.main([*common, "--output", str(tmp_path / "keras"), "--runtime", "keras"]) == 0
+    capsys.readouterr()
+    assert predict.main([*common, "--output", str(tmp_path / "auto1"), "--runtime", "auto"]) == 0
+    first = capsys.readouterr().out
+    entries = list((tmp_path / "cache" / "exports").glob("edsr-*/*"))
+    assert len(calls) == 1 and [e.name for e in entries] == [format], (first, entries)
+    assert f"runtime auto: {runtimes.NAMES[format]}; exporting" in first
+    card = json.loads((entries[0] / runtimes.CARD).read_text())
+    assert card["format"] == format and list(card["endpoints"]) == ["serve"]
+    assert not [p for p in entries[0].parent.iterdir() if p.name.startswith(".")]  # no temporary left
+    stamps = {p.name: p.stat().st_mtime_ns for p in entries[0].iterdir()}
+
+    assert predict.main([*common, "--output", str(tmp_path / "auto2"), "--runtime", "auto"]) == 0
+    second = capsys.readouterr().out
+    assert len(calls) == 1 and f"cached in {entries[0]}" in second  # reused: not exported again
+    assert {p.name: p.stat().st_mtime_ns for p in entries[0].iterdir()} == stamps
+    want = np.asarray(Image.open(tmp_path / "keras" / "photo_x2.png")).astype(int)
+    for out in ("auto1", "auto2"):
+        got = np.asarray(Image.open(tmp_path / out / "photo_x2.png")).astype(int)
+        assert got.shape == want.shape == (80, 88, 3)
+        assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.99
+
+
+def test_runtime_auto_falls_back_to_keras_in_one_line(exported, tmp_path, rng, capsys, monkeypatch):
+    folder, _ = exported
+    monkeypatch.setenv("KX_VISION_CACHE", str(tmp_path / "cache"))
+    never = lambda *a, **k: pytest.fail("nothing is exported")  # noqa: E731
+    monkeypatch.setattr(runtimes, "export_in_subprocess", never)
+    write_image(tmp_path / "photo.png", rng)
+    common = ["superres", "--model", str(folder / "edsr.keras"), "--input", str(tmp_path / "photo.png")]
+    assert predict.main([*common, "--output", str(tmp_path / "keras"), "--runtime", "keras"]) == 0
+    want = (tmp_path / "keras" / "photo_x2.png").read_bytes()
+    capsys.readouterr()
+
+    def auto(reason, tried=False):
+        out = tmp_path / f"auto_{len(list(tmp_path.glob('auto_*')))}"
+        assert predict.main([*common, "--output", str(out), "--runtime", "auto"]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("runtime auto")]
+        assert len(lines) == 1 + tried and lines[-1].startswith("runtime auto: Keras, ") and reason in lines[-1], lines
+        assert not tried or lines[0].startswith("runtime auto: ONNX Runtime; exporting ")  # said before exporting
+        assert (out / "photo_x2.png").read_bytes() == want  # the Keras path itself
+
+    for format in runtimes.FORMATS:  # no runtime of the ranking installed: `import` of each fails
+        monkeypatch.setitem(sys.modules, runtimes.PACKAGES[format][0].partition(".")[0], None)
+    auto('none of OpenVINO, ONNX Runtime, LiteRT is installed (pip install -e ".[export]")')
+    monkeypatch.undo()
+    monkeypatch.setenv("KX_VISION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtimes, "export_in_subprocess", never)
+    installed = runtimes.installed
+    monkeypatch.setattr(runtimes, "installed", lambda module: module != "tensorflow" and installed(module))
+    monkeypatch.setattr(runtimes, "FASTEST_FIRST", ("onnx", "keras"))
+    auto("exporting needs TensorFlow, which is not installed (pip install tensorflow)")  # a JAX-only machine
+    monkeypatch.setattr(runtimes, "installed", lambda module: True)
+    monkeypatch.setattr(runtimes, "export_in_subprocess", lambda *a, **k: "cannot convert the model: op XYZ")
+    auto(f"exporting {folder / 'edsr.keras'} for ONNX Runtime failed: cannot convert the model: op XYZ", tried=True)
+    monkeypatch.setattr(runtimes, "FASTEST_FIRST", ("keras", "onnx"))
+    auto("which ranks first")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_cache_is_where_the_environment_says(monkeypatch, tmp_path, model_file):
+    monkeypatch.delenv("KX_VISION_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    entry = runtimes.cache_entry(str(model_file), "onnx")
+    assert entry.startswith(str(tmp_path / "xdg" / "kx_vision" / "exports" / "edsr-")) and entry.endswith("/onnx")
+    monkeypatch.setenv("KX_VISION_CACHE", str(tmp_path / "mine"))
+    assert runtimes.cache_entry(str(model_file), "onnx").startswith(str(tmp_path / "mine" / "exports" / "edsr-"))
+    preset = runtimes.cache_entry("edsr_8x32_x2", "openvino")  # a shipped preset: its config and weights
+    assert os.path.basename(os.path.dirname(preset)).startswith("edsr_8x32_x2-")
+    assert runtimes.cache_entry(str(tmp_path / "missing.keras"), "onnx") is None  # the Keras path says why
+    assert runtimes.select("bicubic", "auto") is None
 
 
 def test_missing_runtime_names_the_extra(exported, monkeypatch):
