@@ -4,6 +4,7 @@ import contextlib
 import json
 import math
 import os
+import warnings
 
 import keras
 
@@ -73,7 +74,7 @@ class TrainingBackup(keras.callbacks.Callback):
     new file, written atomically, and `state.json` (also atomic) points at it only once it is
     complete; the previous epoch's file is kept as a fallback until the next one is written. An
     epoch whose loss is not finite is never backed up. `restore(model)` (before `fit`, on a compiled
-    model) loads the newest readable state and returns it, or None.
+    model) loads the newest readable state and returns it, or None; an unreadable backup is a warning.
     """
 
     def __init__(self, directory, checkpoint=None):
@@ -81,7 +82,6 @@ class TrainingBackup(keras.callbacks.Callback):
         self.directory = directory
         self.checkpoint = checkpoint  # an AtomicModelCheckpoint whose best value is backed up too
         self.state_path = os.path.join(directory, "state.json")
-        self.warnings = []
 
     def read_state(self):
         if not os.path.isfile(self.state_path):
@@ -106,11 +106,11 @@ class TrainingBackup(keras.callbacks.Callback):
             try:
                 model.load_weights(path)
             except Exception as error:  # noqa: BLE001 - an unreadable backup falls back, with one warning
-                self.warnings.append(f"backup {path} is unreadable ({type(error).__name__}); "
-                                     "falling back to the one before it")
+                warnings.warn(f"backup {path} is unreadable ({type(error).__name__}); falling back to the one "
+                              "before it", stacklevel=2)
                 continue
             return candidate
-        self.warnings.append(f"no readable backup in {self.directory}: training this phase from its start")
+        warnings.warn(f"no readable backup in {self.directory}: training this phase from its start", stacklevel=2)
         return None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -190,8 +190,9 @@ class TimeBudget(keras.callbacks.Callback):
 
     `schedule(fraction, step)`, if given, returns the learning rate for the fraction of the budget
     spent in this phase (0 -> 1) and the number of steps taken in it (for a warm-up); it is applied
-    every `update_every` of the budget, so the rate follows the clock as `torch_edsr_train.py`'s
-    does, whatever the step time. Keras schedules are functions of the step alone and cannot do this.
+    every `update_every` of the budget, so the rate follows the clock as the PyTorch peer's does
+    (`benchmarks/torch_peer.py`), whatever the step time. Keras schedules are functions of the step
+    alone and cannot do this.
     Call `start_phase(name, schedule)` before each `fit` of a run.
 
     The time spent survives a resumed run through `state_path` (a small JSON file written at each
@@ -388,8 +389,8 @@ class ExampleImages(keras.callbacks.Callback):
             picture = self.render(self.model, self.examples)
         except Exception as error:  # noqa: BLE001 - a picture never stops a training run
             self.stopped = True
-            print(f"warning: cannot draw the validation samples ({type(error).__name__}: {error}); "
-                  "training goes on without them")
+            warnings.warn(f"cannot draw the validation samples ({type(error).__name__}: {error}); "
+                          "training goes on without them", stacklevel=2)
             return
         if picture is None:  # the task draws nothing
             self.stopped = True

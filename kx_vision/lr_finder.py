@@ -24,6 +24,7 @@ class LRFinder(keras.callbacks.Callback):
         self.min_lr, self.max_lr, self.num_steps = float(min_lr), float(max_lr), int(num_steps)
         self.smoothing, self.stop_factor = float(smoothing), float(stop_factor)
         self.lrs, self.losses, self.raw_losses = [], [], []
+        self._step, self._average, self._best, self._previous_mean = 0, 0.0, math.inf, 0.0
 
     def lr_at(self, step):
         return self.min_lr * (self.max_lr / self.min_lr) ** (step / (self.num_steps - 1))

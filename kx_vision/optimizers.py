@@ -10,12 +10,19 @@ variable, so it works unchanged under MirroredStrategy and on JAX. Variable path
 
 `Adam` / `AdamW` also take `beta_1` as a schedule, so the one-cycle policy can cycle momentum inversely
 to the learning rate (fastai's `fit_one_cycle`, the lesson's `use_clr_beta`).
+
+`build_optimizer(config, total_steps)` turns a task config's `optimizer` section into one of them, with its
+learning-rate schedule over the steps of a training phase; `time_schedule(config)` gives the same schedule
+as a function of the fraction of a time budget spent (`callbacks.TimeBudget` applies it).
 """
 
 import math
+import warnings
 
 import keras
 from keras import ops
+
+from kx_vision.errors import ConfigError
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
@@ -165,3 +172,70 @@ class SGD(_GroupRates, keras.optimizers.SGD):
 
     def get_config(self):
         return self._group_config(super().get_config())
+
+
+# --- from a config: the optimizer of a training phase and its schedule ---
+
+# The warm-up never takes more than this fraction of a phase's steps: a warm-up as long as the
+# training would leave the rate climbing until the end (the segmentation demo's 100 of 90 steps).
+MAX_WARMUP_FRACTION = 0.25
+
+
+def warmup_steps(requested, total_steps):
+    """`requested` warm-up steps, clamped to `MAX_WARMUP_FRACTION` of `total_steps` (with a warning)."""
+    limit = int(MAX_WARMUP_FRACTION * total_steps)
+    if requested > limit:
+        warnings.warn(f"optimizer.warmup_steps={requested} is more than a quarter of the {total_steps} planned "
+                      f"steps; warming up over {limit} steps instead", stacklevel=3)
+        return limit
+    return requested
+
+
+def time_schedule(config):
+    """The configured learning-rate schedule as a function of the fraction of a time budget spent
+    (and of the step, for the warm-up): what `callbacks.TimeBudget` applies with `time_budget`."""
+    opt = config.optimizer
+    if opt.schedule == "constant":
+        return lambda fraction, step: opt.learning_rate
+    if opt.schedule == "one_cycle":
+        resolution = 10_000  # the schedule evaluated on a grid of fractions of the budget
+        schedule, _ = one_cycle(opt.learning_rate, resolution, pct_start=opt.pct_start)
+        return lambda fraction, step: float(schedule(fraction * resolution))
+
+    def cosine(fraction, step):  # as keras's CosineDecay(alpha=0.01) with a linear warm-up, over time
+        if step < opt.warmup_steps:
+            return opt.learning_rate * step / opt.warmup_steps
+        return opt.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * fraction)))
+
+    return cosine
+
+
+def build_optimizer(config, total_steps, timed=False):
+    """Adam (with per-group rates) and the configured learning-rate schedule over `total_steps`, from a
+    task config (`config.optimizer`, `config.precision`); with `timed`, a plain rate that
+    `callbacks.TimeBudget` moves along `time_schedule(config)` as time passes."""
+    opt = config.optimizer
+    learning_rate, beta_1_schedule = opt.learning_rate, None
+    if timed:
+        learning_rate = time_schedule(config)(0.0, 0)
+    elif opt.schedule == "cosine":
+        warmup = warmup_steps(opt.warmup_steps, total_steps)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else opt.learning_rate,
+            decay_steps=max(total_steps - warmup, 1),
+            warmup_target=opt.learning_rate if warmup else None,
+            warmup_steps=warmup,
+            alpha=0.01,
+        )
+    elif opt.schedule == "one_cycle":
+        learning_rate, momentum = one_cycle(opt.learning_rate, max(total_steps, 1), pct_start=opt.pct_start)
+        beta_1_schedule = momentum if opt.cycle_momentum else None
+    try:
+        optimizer = Adam(learning_rate=learning_rate, group_rates=opt.group_rates, beta_1_schedule=beta_1_schedule,
+                         clipnorm=opt.clipnorm)
+    except ValueError as error:
+        raise ConfigError(f"config key 'optimizer.group_rates': {error}") from None
+    if getattr(config, "precision", "float32") == "mixed_float16":
+        # float16 gradients underflow without it (bfloat16 has float32's exponent range and needs none).
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

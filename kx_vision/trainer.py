@@ -1,25 +1,31 @@
-"""The Trainer: runs any `Task` (kx_vision.tasks) with `model.fit`, in phases, resumable, on one device
-or many, for a number of epochs or a time budget; and the learning-rate range test.
+"""The Trainer: runs any `Task` (kx_vision.tasks) with `model.fit`, in phases, on one device or many, for
+a number of epochs or a time budget; and the learning-rate range test.
 
-The run folder (`output`) holds what a user keeps: `config.yaml`, `checkpoints/{last,best}.keras`,
-`backup/` (the state a killed run resumes from), `history.csv`, TensorBoard `logs/`, and at the end
-`model.keras` and `summary.json`. Nothing there is lost by accident: a finished run is never retrained
-(more `epochs` continue it; `overwrite=True` starts again), every file is written atomically, and a run
-that diverges stops without saving the diverged epoch. Entry points (`kx_vision.train`) only parse
-arguments and call `fit` / `find_learning_rate`.
+`Trainer(task)` trains in memory: nothing is written, `fit` returns the `keras.callbacks.History` of the
+run and leaves the model in `trainer.model` (notebooks, tests, scripts). `Trainer(task, run)`, `run` a
+`RunFolder` (or its path), trains into a run folder: resumable, checkpointed, logged, never overwritten by
+accident, and a run that diverges stops without saving the diverged epoch (see `kx_vision.run_folder`).
+`fit(task, config, output)` is the second, as `python -m kx_vision.train` runs it (entry points only parse
+arguments and call `fit` / `find_learning_rate`).
+
+A run is a list of phases (`tasks.base.Phase`, from `Task.phases`: by default a first phase with the
+layers of `Task.freeze_plan` frozen, then one that trains everything), each compiled afresh with the
+optimizer and schedule of `kx_vision.optimizers`.
 """
 
-import contextlib
+import dataclasses
 import importlib.util
-import json
-import math
 import os
 
-from kx_vision import config as config_lib
 from kx_vision import distribute
-from kx_vision.errors import ConfigError, KxVisionError
+from kx_vision.errors import ConfigError, TrainingDiverged
+from kx_vision.messages import say
+from kx_vision.optimizers import build_optimizer, time_schedule
+from kx_vision.run_folder import RunFolder
 from kx_vision.tasks import get_task
 from kx_vision.tasks.base import Task
+
+__all__ = ["Trainer", "TrainingDiverged", "find_learning_rate", "fit", "resolve_task"]
 
 
 def resolve_task(task, config=None):
@@ -36,38 +42,61 @@ def resolve_task(task, config=None):
 
 
 def fit(task, config, output, verbose="auto", extra_callbacks=(), overwrite=False):
-    """Train `task` (a `Task` subclass, instance or registered name) with `config`, writing into `output`.
+    """Train `task` (a `Task` subclass, instance or registered name) with `config` into the run folder `output`.
 
-    A task may ask for a first phase in which some layers are frozen (`Task.freeze_plan`: the
-    pretrained backbone of a U-Net, or the layers transferred from a x2 model); training then runs
-    in two phases, each compiled afresh. A finished phase leaves its weights behind, so a resumed
-    run skips it.
-
-    `output` is never overwritten by accident: an interrupted run there resumes from its last
-    finished epoch (same config), a finished run is left as it is (or continued, when `epochs` grew),
-    and `overwrite=True` is needed to train there from scratch.
+    `output` is never overwritten by accident: an interrupted run there resumes from its last finished
+    epoch (same config), a finished run is left as it is (or continued, when `epochs` grew), and
+    `overwrite=True` is needed to train there from scratch. A finished phase leaves its weights behind,
+    so a resumed run skips it.
 
     Returns `(model, summary)`, the summary being a dict of final validation scores.
     """
-    return Trainer(resolve_task(task, config), output, verbose=verbose, callbacks=extra_callbacks,
-                   overwrite=overwrite).fit()
+    trainer = Trainer(resolve_task(task, config), RunFolder(output, overwrite=overwrite), verbose=verbose,
+                      callbacks=extra_callbacks)
+    trainer.fit()
+    return trainer.model, trainer.summary
 
 
 def find_learning_rate(task, config, output, num_steps=200):
-    """The LR range test on the task's model and data; saves `lr_find.png` and `lr_find.json`."""
-    return Trainer(resolve_task(task, config), output).find_learning_rate(num_steps)
+    """The LR range test on the task's model and data; saves `lr_find.png` and `lr_find.json` in `output`."""
+    return Trainer(resolve_task(task, config), RunFolder(output)).find_learning_rate(num_steps)
+
+
+@dataclasses.dataclass
+class _RunCallbacks:
+    """The callbacks that live across the phases of one `fit`."""
+
+    guard: object  # callbacks.DivergenceGuard
+    checkpoint: object = None  # callbacks.AtomicModelCheckpoint (run folder only)
+    samples: object = None  # callbacks.ExampleImages (run folder, one worker only)
+    budget: object = None  # callbacks.TimeBudget (with `time_budget`)
+    backup: object = None  # the current phase's callbacks.TrainingBackup (run folder only)
 
 
 class Trainer:
-    """Runs one task's training into one run folder (see the module docstring)."""
+    """Trains one task, in memory (`run=None`) or into a run folder (see the module docstring).
 
-    def __init__(self, task, output, verbose="auto", callbacks=(), overwrite=False):
-        self.task, self.config, self.output = task, task.config, output
-        self.verbose, self.extra_callbacks, self.overwrite = verbose, list(callbacks), overwrite
+    `task` is a `Task` instance (or subclass, or registered name, for its default config); `callbacks`
+    are added to Keras's `fit` in every phase; `verbose` is `fit`'s.
+    """
+
+    def __init__(self, task, run=None, verbose="auto", callbacks=()):
+        self.task = resolve_task(task)
+        self.config = self.task.config
+        self.run = RunFolder(run) if isinstance(run, (str, os.PathLike)) else run
+        self.verbose = verbose
+        self.extra_callbacks = list(callbacks)
+        self.model = None  # the trained model, after `fit`
+        self.summary = None  # its final scores, after `fit` (`Task.report`'s, and the best checkpoint's)
+        self.history = None  # the `keras.callbacks.History` of every phase of the last `fit`
+        self.dist = None  # the distribution of the running `fit` (`distribute.setup`)
+        self.callbacks = None  # the running `fit`'s `_RunCallbacks`
 
     # --- entry points ---
 
-    def fit(self):
+    def fit(self, model=None):
+        """Train the task's model (or `model`: it goes on training); returns the `History` of every phase.
+        The model is `self.model` afterwards, its final scores `self.summary`."""
         import keras
 
         self.task.check_config()
@@ -76,12 +105,14 @@ class Trainer:
         # The policy is global in Keras: set it for the model, loss networks and optimizer built here.
         keras.config.set_dtype_policy(self.config.precision)
         try:
-            return self._run()
+            return self._fit(model)
         finally:
             keras.config.set_dtype_policy(policy)
             distribute.reset()
 
     def find_learning_rate(self, num_steps=200):
+        """The LR range test on the task's model and data (`lr_finder.find_lr`): `{"lrs", "losses",
+        "suggestion"}`, also saved as `lr_find.png` and `lr_find.json` in a run folder."""
         import keras
 
         from kx_vision import lr_finder
@@ -94,402 +125,230 @@ class Trainer:
         train_data = data.train
         if not data.endless and hasattr(train_data, "repeat"):  # a finite tf.data.Dataset
             train_data = train_data.repeat()
-        os.makedirs(self.output, exist_ok=True)
         result = lr_finder.find_lr(model, train_data, self.task.loss, num_steps=num_steps)
-        plot = os.path.join(self.output, "lr_find.png")
-        lr_finder.save_plot(result, plot)
-        lr_finder.save_json(result, os.path.join(self.output, "lr_find.json"))
         suggestion = result["suggestion"]
-        print(f"LR range test over {len(result['lrs'])} steps: suggested learning rate "
-              f"{'n/a (too few steps)' if suggestion is None else f'{suggestion:.2e}'}; plot: {plot}")
+        message = (f"LR range test over {len(result['lrs'])} steps: suggested learning rate "
+                   f"{'n/a (too few steps)' if suggestion is None else f'{suggestion:.2e}'}")
+        if self.run is not None:
+            lr_finder.save_plot(result, self.run.file("lr_find.png"))
+            lr_finder.save_json(result, self.run.file("lr_find.json"))
+            message += f"; plot: {self.run.file('lr_find.png')}"
+        say(message)
         return result
 
     # --- one run ---
 
-    def _run(self):
+    def _fit(self, model):
         import keras
 
-        from kx_vision.models.loading import load_model
-
-        config, dist, output = self.config, self.dist, self.output
+        config, dist, run = self.config, self.dist, self.run
         dist.check_batch_size(config.data.batch_size)
         if config.time_budget is not None and dist.num_workers > 1:
             raise ConfigError("config key 'time_budget' cannot be used with several workers (each would stop "
                               "at another step); train for a number of epochs instead")
-        self.action = _prepare_output(output, config, self.overwrite) if dist.is_chief else "new"
-        if self.action == "complete":
-            with open(os.path.join(output, "summary.json")) as f:
-                summary = json.load(f)
-            final = os.path.join(output, "model.keras")
-            print(f"{output} holds a finished run of {config.epochs} epochs; its model is {final} "
-                  f"({_format_scores(summary)}). Nothing to do: --set epochs=N (more) continues it, "
-                  "--overwrite trains again from scratch, --output DIR starts a new run.")
-            return load_model(final), summary
+        self.history = keras.callbacks.History()
+        self.history.epoch = []
+        if run is not None and run.plan(config, chief=dist.is_chief) == "complete":
+            return self._finished_already()
         if dist.num_replicas > 1:
-            print(f"distribute={dist.mode}: {dist.num_replicas} replicas over {dist.num_workers} worker(s), "
-                  f"this is worker {dist.worker_index}; global batch {config.data.batch_size}")
+            say(f"distribute={dist.mode}: {dist.num_replicas} replicas over {dist.num_workers} worker(s), "
+                f"this is worker {dist.worker_index}; global batch {config.data.batch_size}")
         keras.utils.set_random_seed(config.seed)
-        # Data and model first: a start that fails (a missing folder, weights that cannot be loaded)
-        # leaves no run folder behind.
-        data = self.task.build_data()
-        self.example_data = data.val  # before it is repeated per replica: the samples show each image once
+        data, examples, model, phases = self._start(model)
+        if run is not None:
+            run.open(config, chief=dist.is_chief, worker_index=dist.worker_index)
+        self.callbacks = self._create_run_callbacks(data, examples)
+        frozen = {name for phase in phases for name in phase.frozen}  # the layers that some phase freezes
+        first = 0
+        for index, phase in enumerate(phases):
+            self._train_phase(model, data, phase, first, frozen, last_phase=index == len(phases) - 1)
+            first += phase.epochs
+            if self.callbacks.budget is not None and self.callbacks.budget.exhausted:
+                break
+        self._finish(model, data, phases)
+        return self.history
+
+    def _finished_already(self):
+        from kx_vision.models.loading import load_model
+
+        run = self.run
+        summary = run.read_summary()
+        say(f"{run.path} holds a finished run of {self.config.epochs} epochs; its model is {run.model_path} "
+            f"({_format_scores(summary)}). Nothing to do: --set epochs=N (more) continues it, "
+            "--overwrite trains again from scratch, --output DIR starts a new run.")
+        self.model, self.summary = load_model(run.model_path), summary
+        return self.history
+
+    def _start(self, model):
+        """Data, model (seeded by `init_from`), loss and phases: all that can fail on the user's input, built
+        before a run folder is written, so that such a start leaves none behind."""
+        dist, task = self.dist, self.task
+        data = task.build_data()
+        examples = data.val  # before it is repeated per replica: the samples show each image once
         data.train = dist.train_dataset(data.train)
         data.val = dist.validation_dataset(data.val)
         with dist.scope():
-            model = dist.prepare_model(self.task.build_model())
-            transferred = _initialise(model, config)
-        frozen, frozen_epochs = self.task.freeze_plan(model, transferred)
-        frozen_epochs = min(frozen_epochs, config.epochs) if frozen else 0
-        phases = [("frozen", 0, frozen_epochs), ("all", frozen_epochs, config.epochs)]
-        phases = [phase for phase in phases if phase[1] < phase[2]]
+            model = dist.prepare_model(task.build_model() if model is None else model)
+            transferred = _initialise(model, self.config)
+            _ = task.loss  # a loss network whose weights cannot be loaded stops here
+        return data, examples, model, task.phases(model, transferred)
 
-        self._open_run_folder()
-        self._create_run_callbacks(data)
-        for index, (name, first, last) in enumerate(phases):
-            last_phase = index == len(phases) - 1
-            self._train_phase(model, data, name, first, last, frozen, last_phase)
-            if self.budget is not None and self.budget.exhausted:
-                break
-        return self._finish(model, data, phases)
-
-    def _open_run_folder(self):
-        """From here on the run writes into `output` (only the chief; the other workers of a multi-worker
-        run keep a private scratch folder: saving is a collective step, so they save too)."""
-        from kx_vision.fileio import remove_stale_temporaries
-
-        dist, output = self.dist, self.output
-        if self.action == "overwrite":
-            _clear_run(output)
-            print(f"--overwrite: removed the previous run's files from {output}")
-        os.makedirs(output, exist_ok=True)
-        self.history = os.path.join(output, "history.csv")
-        if dist.is_chief:
-            if self.action in ("new", "overwrite") and os.path.isfile(self.history):
-                os.remove(self.history)  # no epoch of an earlier start was backed up: its rows are stale
-            config_lib.dump(self.config, os.path.join(output, "config.yaml"))
-        self.scratch = output if dist.is_chief else os.path.join(output, ".workers", f"worker{dist.worker_index}")
-        self.backup = os.path.join(self.scratch, "backup")
-        self.checkpoints = os.path.join(self.scratch, "checkpoints")
-        for folder in (self.scratch, self.checkpoints):
-            remove_stale_temporaries(folder)  # left by a write that was killed half-way
-
-    def _create_run_callbacks(self, data):
-        """The callbacks that live across phases: checkpoints (with the best value so far, from any
-        phase's backup: `best.keras` is only replaced by a better model), divergence guard, time budget."""
+    def _create_run_callbacks(self, data, examples):
+        """The callbacks that live across phases: divergence guard, time budget, and in a run folder the
+        checkpoints (with the best value so far, from any phase's backup: `best.keras` is only replaced by
+        a better model) and the pictures of validation samples (the chief of one worker only)."""
         from kx_vision.callbacks import AtomicModelCheckpoint, DivergenceGuard, ExampleImages, TimeBudget
 
-        config = self.config
-        monitor, mode = self.task.monitor
-        states = [state for state in _backup_states(self.backup).values() if state.get("monitor") == monitor]
-        newest = max(states, key=lambda state: state.get("epoch", 0), default={})
-        self.checkpoint = AtomicModelCheckpoint(self.checkpoints, monitor=monitor, mode=mode,
-                                                best=newest.get("best"), best_epoch=newest.get("best_epoch"))
-        self.guard = DivergenceGuard()
-        self.samples = None  # pictures of validation samples after every epoch (the chief of one worker only)
-        if config.samples and self.dist.is_chief and self.dist.num_workers == 1:
-            self.samples = ExampleImages(self.task.render_examples, self.example_data, config.samples,
-                                         os.path.join(self.output, "samples"),
-                                         log_dir=os.path.join(self.output, "logs", "samples") if _tensorboard() else None)
-        self.budget = None
+        config, run = self.config, self.run
+        made = _RunCallbacks(DivergenceGuard())
+        if run is not None:
+            monitor, mode = self.task.monitor
+            states = [state for state in run.backup_states().values() if state.get("monitor") == monitor]
+            newest = max(states, key=lambda state: state.get("epoch", 0), default={})
+            made.checkpoint = AtomicModelCheckpoint(run.checkpoints, monitor=monitor, mode=mode,
+                                                    best=newest.get("best"), best_epoch=newest.get("best_epoch"))
+            if config.samples and self.dist.is_chief and self.dist.num_workers == 1:
+                made.samples = ExampleImages(self.task.render_examples, examples, config.samples, run.samples,
+                                             log_dir=run.file("logs", "samples") if _tensorboard() else None)
         if config.time_budget is not None:
-            self.budget = TimeBudget(config.time_budget, state_path=os.path.join(self.backup, "time_budget.json"))
-            print(f"time budget: {config.time_budget:g} s of training steps (compilation and validation not "
-                  f"counted), at most {config.epochs} epochs of {data.steps_per_epoch} steps")
+            made.budget = TimeBudget(config.time_budget,
+                                     state_path=None if run is None else os.path.join(run.backup, "time_budget.json"))
+            say(f"time budget: {config.time_budget:g} s of training steps (compilation and validation not "
+                f"counted), at most {config.epochs} epochs of {data.steps_per_epoch} steps")
             if config.optimizer.schedule == "one_cycle" and config.optimizer.cycle_momentum:
-                print("time budget: optimizer.cycle_momentum is not applied (beta_1 stays constant); "
-                      "the one-cycle rate follows the clock")
+                say("time budget: optimizer.cycle_momentum is not applied (beta_1 stays constant); "
+                    "the one-cycle rate follows the clock")
+        return made
 
-    def _train_phase(self, model, data, name, first, last, frozen, last_phase):
-        import keras
-
-        from kx_vision.callbacks import TrainingBackup, save_weights_atomic
-
-        config, dist = self.config, self.dist
-        done_marker = os.path.join(self.scratch, f"phase_{name}.weights.h5")
-        if not last_phase and os.path.isfile(done_marker):
-            model.load_weights(done_marker)
-            print(f"phase '{name}' already finished: loaded {done_marker}")
+    def _train_phase(self, model, data, phase, first, frozen, last_phase):
+        """Epochs `first` to `first + phase.epochs` (a resumed phase from its backup), the layers of
+        `phase.frozen` not trained (the others of `frozen` trained)."""
+        run, last = self.run, first + phase.epochs
+        marker = run.phase_marker(phase.name) if run is not None and not last_phase else None
+        if marker is not None and os.path.isfile(marker):
+            model.load_weights(marker)
+            say(f"phase '{phase.name}' already finished: loaded {marker}")
             return
         for layer in model.layers:
-            if layer.name in frozen:  # frozen in the first phase, trained in the others
-                layer.trainable = name != "frozen"
-        if name == "frozen":
-            trained = [layer.name for layer in model.layers if layer.weights and layer.name not in frozen]
+            if layer.name in frozen:
+                layer.trainable = layer.name not in phase.frozen
+        if phase.frozen:
+            trained = [layer.name for layer in model.layers if layer.weights and layer.name not in phase.frozen]
             shown = ", ".join(trained) if len(trained) <= 6 else f"{len(trained)} layers"
-            print(f"epochs {first + 1}-{last}: training only {shown} ({', '.join(frozen)} frozen)")
-        timed = self.budget is not None and last_phase
-        if self.budget is not None:
-            # Frozen phases keep their step schedule; the last phase's rate spans what is left of the budget.
-            self.budget.start_phase(name, time_schedule(config) if timed else None)
-        with dist.scope():
-            model.compile(
-                optimizer=build_optimizer(config, (last - first) * data.steps_per_epoch, timed=timed),
-                loss=self.task.loss,
-                metrics=self.task.build_metrics(),
-                jit_compile="auto" if config.jit_compile is None else config.jit_compile,
-            )
-            dist.prepare_fit(model)
-            self.phase_backup = TrainingBackup(os.path.join(self.backup, name), checkpoint=self.checkpoint)
-            restored = self.phase_backup.restore(model)
-        for warning in self.phase_backup.warnings:
-            print(f"warning: {warning}")
-        initial = restored["epoch"] if restored else first
-        if restored:
-            verb = "continuing the finished run" if self.action == "continue" else "resuming"
-            print(f"{verb} from epoch {initial} of {last} "
-                  f"(backup {os.path.join(self.backup, name, restored['weights'])})")
-        if dist.is_chief:
-            _truncate_history(self.history, initial)
-        callbacks = [self.guard, self.checkpoint, self.phase_backup]  # the backup after the checkpoint: it records the best
-        if dist.is_chief:
-            callbacks.append(keras.callbacks.CSVLogger(self.history, append=True))
-            # Keras's TensorBoard callback writes through TensorFlow's summary API.
-            if _tensorboard():
-                callbacks.append(keras.callbacks.TensorBoard(os.path.join(self.output, "logs")))
-            if self.samples is not None:
-                callbacks.append(self.samples)
-        if self.budget is not None:
-            callbacks.append(self.budget)  # last: its state file is written after the epoch's checkpoints
-        callbacks.extend(self.extra_callbacks)
-        if initial < last and not (self.budget is not None and self.budget.exhausted):
-            with dist.fitting(model):
-                model.fit(
+            say(f"epochs {first + 1}-{last}: training only {shown} ({', '.join(phase.frozen)} frozen)")
+        initial = self._compile(model, data, phase, first, last_phase)
+        budget = self.callbacks.budget
+        if initial < last and not (budget is not None and budget.exhausted):
+            with self.dist.fitting(model):
+                history = model.fit(
                     data.train,
                     initial_epoch=initial,
                     epochs=last,
                     steps_per_epoch=data.steps_per_epoch if data.endless else None,
                     validation_data=data.val,
-                    callbacks=callbacks,
+                    callbacks=self._phase_callbacks(),
                     shuffle=False,  # the pipelines shuffle / sample at random themselves
-                    verbose=self.verbose if dist.is_chief else 0,
+                    verbose=self.verbose if self.dist.is_chief else 0,
                 )
-        if self.guard.diverged is not None:
-            raise TrainingDiverged(_diverged_message(self.guard.diverged, self.checkpoint, config, self.output))
-        if not last_phase:
-            save_weights_atomic(model, done_marker)
+            self._record(history, model)
+        if self.callbacks.guard.diverged is not None:
+            raise TrainingDiverged(_diverged_message(self.callbacks.guard.diverged, self.callbacks.checkpoint,
+                                                     self.config, run))
+        if marker is not None:
+            run.save_weights(model, marker)
+
+    def _compile(self, model, data, phase, first, last_phase):
+        """Compile `model` for `phase` (its optimizer and schedule over the phase's steps; with a time budget,
+        the last phase's rate spans what is left of it) and restore the phase's backup: the first epoch to train."""
+        from kx_vision.callbacks import TrainingBackup
+
+        config, dist, run, made = self.config, self.dist, self.run, self.callbacks
+        timed = made.budget is not None and last_phase
+        if made.budget is not None:  # frozen phases keep their step schedule
+            made.budget.start_phase(phase.name, time_schedule(config) if timed else None)
+        with dist.scope():
+            model.compile(
+                optimizer=build_optimizer(config, phase.epochs * data.steps_per_epoch, timed=timed),
+                loss=self.task.loss,
+                metrics=self.task.build_metrics(),
+                jit_compile="auto" if config.jit_compile is None else config.jit_compile,
+            )
+            dist.prepare_fit(model)
+            if run is None:
+                return first
+            made.backup = TrainingBackup(run.phase_backup(phase.name), checkpoint=made.checkpoint)
+            restored = made.backup.restore(model)
+        initial = restored["epoch"] if restored else first
+        if restored:
+            verb = "continuing the finished run" if run.action == "continue" else "resuming"
+            say(f"{verb} from epoch {initial} of {first + phase.epochs} "
+                f"(backup {os.path.join(run.phase_backup(phase.name), restored['weights'])})")
+        if dist.is_chief:
+            run.truncate_history(initial)
+        return initial
+
+    def _phase_callbacks(self):
+        import keras
+
+        made, run = self.callbacks, self.run
+        callbacks = [made.guard]
+        if run is not None:
+            callbacks += [made.checkpoint, made.backup]  # the backup after the checkpoint: it records the best
+            if self.dist.is_chief:
+                callbacks.append(keras.callbacks.CSVLogger(run.history, append=True))
+                # Keras's TensorBoard callback writes through TensorFlow's summary API.
+                if _tensorboard():
+                    callbacks.append(keras.callbacks.TensorBoard(run.logs))
+                if made.samples is not None:
+                    callbacks.append(made.samples)
+        if made.budget is not None:
+            callbacks.append(made.budget)  # last: its state file is written after the epoch's checkpoints
+        return callbacks + self.extra_callbacks
+
+    def _record(self, history, model):
+        """Add one phase's `History` to the run's."""
+        for key, values in history.history.items():
+            self.history.history.setdefault(key, []).extend(values)
+        self.history.epoch.extend(history.epoch)
+        self.history.set_model(model)
 
     def _finish(self, model, data, phases):
-        import shutil
+        """Save the run (a run folder), report on the model, keep it and its scores."""
+        run, made = self.run, self.callbacks
+        self.model, self.summary = model, {}
+        if run is not None:
+            final = run.save_model(model)
+            made.backup.prune()  # keep one backup, of the last phase: enough to continue with more epochs
+            run.remove_backups([phase.name for phase in phases[:-1]])
+            if not self.dist.is_chief:
+                run.remove_scratch()
+                return
+            if self.dist.num_replicas > 1:
+                # Report on the saved model, on one device: it proves the file, and the report's full-size
+                # single images need not split across replicas.
+                from kx_vision.models.loading import load_model
 
-        from kx_vision.callbacks import save_model_atomic
-        from kx_vision.fileio import atomic_write_text
-        from kx_vision.models.loading import load_model
-
-        dist, output = self.dist, self.output
-        final = os.path.join(self.scratch, "model.keras")
-        save_model_atomic(model, final)
-        # Keep one backup, of the last phase: enough to continue the run with more epochs.
-        self.phase_backup.prune()
-        for name, _, _ in phases[:-1]:
-            shutil.rmtree(os.path.join(self.backup, name), ignore_errors=True)
-        if not dist.is_chief:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(self.scratch))  # `.workers`, once every worker has finished
-            return model, {}
-        if dist.num_replicas > 1:
-            # Report on the saved model, on one device: it proves the file, and the report's full-size
-            # single images need not split across replicas.
-            distribute.reset()
-            model = load_model(final)
-        message, summary = self.task.report(model, data)
-        print(message)
-        monitor = self.task.monitor[0]
-        if self.checkpoint.best_epoch is not None:
-            summary["best"] = {"monitor": monitor, "value": self.checkpoint.best, "epoch": self.checkpoint.best_epoch}
-            print(f"model.keras is the last epoch's model; the best {monitor} was {self.checkpoint.best:.4g} at "
-                  f"epoch {self.checkpoint.best_epoch} ({os.path.join(self.checkpoints, 'best.keras')})")
-        if self.budget is not None:
-            summary.update(self.budget.summary())
-            print(_budget_message(self.budget, self.config))
-            with contextlib.suppress(OSError):
-                os.remove(self.budget.state_path)
-        atomic_write_text(os.path.join(output, "summary.json"), json.dumps(summary, indent=2))
-        return model, summary
+                distribute.reset()
+                model = self.model = load_model(final)
+        message, self.summary = self.task.report(model, data)
+        say(message)
+        if made.checkpoint is not None and made.checkpoint.best_epoch is not None:
+            monitor, best = self.task.monitor[0], made.checkpoint
+            self.summary["best"] = {"monitor": monitor, "value": best.best, "epoch": best.best_epoch}
+            say(f"model.keras is the last epoch's model; the best {monitor} was {best.best:.4g} at "
+                f"epoch {best.best_epoch} ({os.path.join(best.directory, 'best.keras')})")
+        if made.budget is not None:
+            self.summary.update(made.budget.summary())
+            say(_budget_message(made.budget, self.config))
+            if made.budget.state_path and os.path.isfile(made.budget.state_path):
+                os.remove(made.budget.state_path)
+        if run is not None:
+            run.write_summary(self.summary)
 
 
 def _tensorboard():
     """Whether TensorBoard logs are written: TensorBoard and TensorFlow (its summary API) are installed."""
     return all(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorflow"))
-
-
-# --- optimizer and schedules ---
-
-def time_schedule(config):
-    """The configured learning-rate schedule as a function of the fraction of a time budget spent
-    (and of the step, for the warm-up): what `callbacks.TimeBudget` applies with `time_budget`."""
-    from kx_vision.optimizers import one_cycle
-
-    opt = config.optimizer
-    if opt.schedule == "constant":
-        return lambda fraction, step: opt.learning_rate
-    if opt.schedule == "one_cycle":
-        resolution = 10_000  # the schedule evaluated on a grid of fractions of the budget
-        schedule, _ = one_cycle(opt.learning_rate, resolution, pct_start=opt.pct_start)
-        return lambda fraction, step: float(schedule(fraction * resolution))
-
-    def cosine(fraction, step):  # as keras's CosineDecay(alpha=0.01) with a linear warm-up, over time
-        if step < opt.warmup_steps:
-            return opt.learning_rate * step / opt.warmup_steps
-        return opt.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * fraction)))
-
-    return cosine
-
-
-# The warm-up never takes more than this fraction of a phase's steps: a warm-up as long as the
-# training would leave the rate climbing until the end (the segmentation demo's 100 of 90 steps).
-MAX_WARMUP_FRACTION = 0.25
-
-
-def warmup_steps(requested, total_steps):
-    """`requested` warm-up steps, clamped to `MAX_WARMUP_FRACTION` of `total_steps` (with a warning)."""
-    limit = int(MAX_WARMUP_FRACTION * total_steps)
-    if requested > limit:
-        print(f"warning: optimizer.warmup_steps={requested} is more than a quarter of the {total_steps} planned "
-              f"steps; warming up over {limit} steps instead")
-        return limit
-    return requested
-
-
-def build_optimizer(config, total_steps, timed=False):
-    """Adam (kx_vision's, with per-group rates) with the configured learning-rate schedule; with
-    `timed`, a plain rate that `callbacks.TimeBudget` moves along the schedule as time passes."""
-    import keras
-
-    from kx_vision.optimizers import Adam, one_cycle
-
-    opt = config.optimizer
-    learning_rate, beta_1_schedule = opt.learning_rate, None
-    if timed:
-        learning_rate = time_schedule(config)(0.0, 0)
-    elif opt.schedule == "cosine":
-        warmup = warmup_steps(opt.warmup_steps, total_steps)
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else opt.learning_rate,
-            decay_steps=max(total_steps - warmup, 1),
-            warmup_target=opt.learning_rate if warmup else None,
-            warmup_steps=warmup,
-            alpha=0.01,
-        )
-    elif opt.schedule == "one_cycle":
-        learning_rate, momentum = one_cycle(opt.learning_rate, max(total_steps, 1), pct_start=opt.pct_start)
-        beta_1_schedule = momentum if opt.cycle_momentum else None
-    try:
-        optimizer = Adam(learning_rate=learning_rate, group_rates=opt.group_rates, beta_1_schedule=beta_1_schedule,
-                         clipnorm=opt.clipnorm)
-    except ValueError as error:
-        raise ConfigError(f"config key 'optimizer.group_rates': {error}") from None
-    if getattr(config, "precision", "float32") == "mixed_float16":
-        # float16 gradients underflow without it (bfloat16 has float32's exponent range and needs none).
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-
-# --- the run folder ---
-
-# What a run writes into its output folder (`--overwrite` removes these, and nothing else).
-RUN_FILES = ("checkpoints", "backup", "logs", "samples", "history.csv", "summary.json", "model.keras", "config.yaml",
-             ".workers")
-
-
-def _flat(data, prefix=""):
-    out = {}
-    for key, value in (data or {}).items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _backup_states(backup):
-    """`{phase: state}` of the phases' backups in `backup` (see `callbacks.TrainingBackup`)."""
-    states = {}
-    if os.path.isdir(backup):
-        for phase in sorted(os.listdir(backup)):
-            path = os.path.join(backup, phase, "state.json")
-            if os.path.isfile(path):
-                try:
-                    with open(path) as f:
-                        states[phase] = json.load(f)
-                except (OSError, ValueError):
-                    states[phase] = {}
-    return states
-
-
-def _run_status(output):
-    """"finished" (a model and its summary were written), "interrupted" (a backup of a finished
-    epoch exists) or "new"."""
-    if os.path.isfile(os.path.join(output, "summary.json")) and os.path.isfile(os.path.join(output, "model.keras")):
-        return "finished"
-    return "interrupted" if _backup_states(os.path.join(output, "backup")) else "new"
-
-
-def _prepare_output(output, config, overwrite):
-    """What to do with `output`: "new", "overwrite", "resume" (an interrupted run), "continue" (a
-    finished run given more epochs) or "complete" (a finished run: nothing to do). Refuses to mix
-    a run with another config. Reads only: nothing is written here."""
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ConfigError(f"--output {output} is a file, not a folder")
-    status = _run_status(output) if os.path.isdir(output) else "new"
-    if overwrite:
-        return "overwrite" if os.path.isdir(output) else "new"
-    if status == "new":
-        return "new"
-    saved = os.path.join(output, "config.yaml")
-    previous = {}
-    if os.path.isfile(saved):
-        import yaml
-
-        with open(saved) as f:
-            previous = yaml.safe_load(f) or {}
-    # The device layout does not change the computation: a run may resume on more or fewer devices;
-    # a finished run may be given more `epochs` to continue it. Nor do the pictures of `samples`.
-    ignored = ("distribute", "samples") + (("epochs",) if status == "finished" else ())
-    before, now = _flat(previous), _flat(config_lib.to_dict(config))
-    differ = sorted(k for k in set(before) | set(now) if k not in ignored and before.get(k) != now.get(k))
-    what = "a finished" if status == "finished" else "an interrupted"
-    if differ:
-        shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
-        raise ConfigError(
-            f"{output} holds {what} run with a different config ({shown} differ from {saved}); rerun with its "
-            "settings to " + ("continue" if status == "finished" else "resume") + " it, add --overwrite to "
-            "replace it, or choose another --output"
-        )
-    if status == "finished":
-        return "complete" if config.epochs <= int(previous.get("epochs", 0)) else "continue"
-    return "resume"
-
-
-def _clear_run(output):
-    import shutil
-
-    for name in RUN_FILES:
-        path = os.path.join(output, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
-
-
-def _truncate_history(path, epochs):
-    """Keep the header and the rows of the first `epochs` epochs of a CSVLogger file (a killed run
-    may have logged an epoch that its backup does not hold; it is trained again)."""
-    if not os.path.isfile(path):
-        return
-    from kx_vision.fileio import atomic_write_text
-
-    with open(path) as f:
-        lines = f.read().splitlines(keepends=True)
-    kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].strip().isdigit()
-                        and int(line.split(",", 1)[0]) < epochs]
-    if kept != lines:
-        atomic_write_text(path, "".join(kept))
-
-
-class TrainingDiverged(KxVisionError):
-    """The loss became NaN or infinite."""
 
 
 def _initialise(model, config):
@@ -500,7 +359,7 @@ def _initialise(model, config):
     from kx_vision.models.loading import format_transfer_report, load_model_or_preset, transfer_weights
 
     report = transfer_weights(load_model_or_preset(path), model)
-    print(format_transfer_report(report))
+    say(format_transfer_report(report))
     if not report["transferred"]:
         raise ConfigError(f"init_from: no layer of {path} matches this model by name and shape")
     return report["transferred"]
@@ -511,16 +370,18 @@ def _format_scores(summary):
     return ", ".join(shown) or "no scores"
 
 
-def _diverged_message(diverged, checkpoint, config, output):
+def _diverged_message(diverged, checkpoint, config, run):
     at = "at the end" if diverged["step"] == "end" else f"after {diverged['step']} steps"
-    last = os.path.join(checkpoint.directory, "last.keras")
-    kept = (f"the last good checkpoint is {last} (epoch {checkpoint.last_epoch})"
-            if checkpoint.last_epoch else (f"the last good checkpoint is {last}" if os.path.isfile(last)
-                                           else "no epoch finished before it"))
-    return (f"training diverged in epoch {diverged['epoch']} (loss {diverged['loss']} {at}); nothing of that epoch "
-            f"was saved: {kept}, and the backup in {os.path.join(output, 'backup')} is kept. Lower "
-            f"optimizer.learning_rate (now {config.optimizer.learning_rate:g}) or set optimizer.clipnorm, then "
-            "train again with --overwrite (or another --output)")
+    message = f"training diverged in epoch {diverged['epoch']} (loss {diverged['loss']} {at})"
+    if run is not None:
+        last = os.path.join(checkpoint.directory, "last.keras")
+        kept = (f"the last good checkpoint is {last} (epoch {checkpoint.last_epoch})"
+                if checkpoint.last_epoch else (f"the last good checkpoint is {last}" if os.path.isfile(last)
+                                               else "no epoch finished before it"))
+        message += f"; nothing of that epoch was saved: {kept}, and the backup in {run.file('backup')} is kept"
+    again = " with --overwrite (or another --output)" if run is not None else ""
+    return (f"{message}. Lower optimizer.learning_rate (now {config.optimizer.learning_rate:g}) or set "
+            f"optimizer.clipnorm, then train again{again}")
 
 
 def _budget_message(budget, config):

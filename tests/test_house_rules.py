@@ -47,12 +47,12 @@ def test_public_objects_are_registered():
 # its own group (`models.fpn` from `models.unet`; never `models` from `losses`, nor `evaluate` from `predict`);
 # function-local imports count too.
 FLOORS = [
-    ["errors", "version", "fileio"],
+    ["errors", "version", "fileio", "messages"],
     ["config", "keras_fixes", "cli", "image_ops"],
     ["layers"],
     ["backbones"],
     ["models", "losses", "metrics", "optimizers", "data", "visualize"],
-    ["inference", "callbacks", "lr_finder", "distribute"],
+    ["inference", "callbacks", "lr_finder", "distribute", "run_folder"],
     ["tasks", "runtimes"],
     ["trainer"],
     ["train", "evaluate", "predict", "export", "prepare", "__main__"],

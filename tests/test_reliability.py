@@ -11,7 +11,7 @@ import keras
 import pytest
 from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
-from kx_vision import cli, train, trainer
+from kx_vision import cli, optimizers, train, trainer
 from kx_vision import config as config_lib
 from kx_vision.tasks import superres
 
@@ -140,11 +140,10 @@ def test_killed_backup_write_and_unreadable_backup(folders, tmp_path, monkeypatc
     state = json.loads((out2 / "backup" / "all" / "state.json").read_text())
     assert state["epoch"] == 2 and state["previous"]["epoch"] == 1
     (out2 / "backup" / "all" / state["weights"]).write_bytes(b"garbage")
-    capsys.readouterr()
     seen = EpochsSeen()
-    trainer.fit(superres.SuperResTask, config, str(out2), verbose=0, extra_callbacks=[seen])
-    printed = capsys.readouterr().out
-    assert "warning: backup" in printed and "is unreadable" in printed
+    with pytest.warns(UserWarning, match=r"^backup .* is unreadable") as warned:
+        trainer.fit(superres.SuperResTask, config, str(out2), verbose=0, extra_callbacks=[seen])
+    assert len([w for w in warned if "is unreadable" in str(w.message)]) == 1
     assert seen.seen == [1, 2]
 
 
@@ -222,11 +221,11 @@ def test_stale_temporaries_are_removed_on_the_next_start(folders, tmp_path):
     assert not dead.exists()
 
 
-def test_warmup_is_clamped_to_a_quarter_of_the_steps(capsys):
+def test_warmup_is_clamped_to_a_quarter_of_the_steps():
     config = config_lib.load(superres.SuperResConfig, None, ["optimizer.warmup_steps=100", "optimizer.learning_rate=1e-3"])
-    optimizer = trainer.build_optimizer(config, total_steps=90)
-    assert "warmup_steps=100 is more than a quarter of the 90 planned steps; warming up over 22 steps" in (
-        capsys.readouterr().out)
+    with pytest.warns(UserWarning, match="warmup_steps=100 is more than a quarter of the 90 planned steps; warming up "
+                      "over 22 steps"):
+        optimizer = optimizers.build_optimizer(config, total_steps=90)
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
     rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (11, 22, 89)]
     assert rates[0] == pytest.approx(5e-4) and rates[1] == pytest.approx(1e-3) and rates[2] < 1e-4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kx_vision import config as config_lib
-from kx_vision import trainer
+from kx_vision import optimizers, trainer
 from kx_vision.callbacks import TimeBudget
 from kx_vision.tasks import superres
 
@@ -126,14 +126,14 @@ def test_time_schedules():
     def config(**optimizer):
         return config_lib.load(superres.SuperResConfig, None, [f"optimizer.{k}={v}" for k, v in optimizer.items()])
 
-    cosine = trainer.time_schedule(config(learning_rate=1e-3, warmup_steps=10))
+    cosine = optimizers.time_schedule(config(learning_rate=1e-3, warmup_steps=10))
     assert cosine(0.0, 5) == pytest.approx(5e-4)  # linear warm-up by steps
     assert cosine(0.0, 10) == pytest.approx(1e-3)
     assert cosine(0.5, 100) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert cosine(1.0, 10_000) == pytest.approx(1e-5)  # keras CosineDecay's alpha=0.01
-    constant = trainer.time_schedule(config(schedule="constant", learning_rate=3e-4))
+    constant = optimizers.time_schedule(config(schedule="constant", learning_rate=3e-4))
     assert constant(0.7, 3) == 3e-4
-    cycle = trainer.time_schedule(config(schedule="one_cycle", learning_rate=1e-3, pct_start=0.25))
+    cycle = optimizers.time_schedule(config(schedule="one_cycle", learning_rate=1e-3, pct_start=0.25))
     assert cycle(0.0, 0) == pytest.approx(1e-3 / 25)
     assert cycle(0.25, 0) == pytest.approx(1e-3)
     assert cycle(1.0, 0) == pytest.approx(1e-3 / 25e4, abs=1e-9)  # float32 cosine

@@ -7,9 +7,9 @@ A task is a `Task` subclass in a module of `kx_vision.tasks`, with a `Config` da
     task.check_config()               # cross-key checks; each key's type and range are checked on load
     data = task.build_data()          # -> DataBundle
     model = task.build_model()
-    frozen, epochs = task.freeze_plan(model, transferred)   # layers frozen for a first phase
-    model.compile(loss=task.build_loss(), metrics=task.build_metrics(), ...)
-    model.fit(data.train, validation_data=data.val, ...)    # checkpoints keep the best `task.monitor`
+    for phase in task.phases(model, transferred):           # from `freeze_plan`: a first phase with layers frozen
+        model.compile(loss=task.loss, metrics=task.build_metrics(), ...)
+        model.fit(data.train, validation_data=data.val, ...)  # checkpoints keep the best `task.monitor`
     message, summary = task.report(model, data)             # printed, and written to summary.json
 
 Nothing in a task touches files other than its data, or the command line: a new task (denoising,
@@ -74,6 +74,24 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A stretch of training compiled afresh: `epochs` epochs with the layers named in `frozen` not trained.
+    `name` names what the phase leaves in a run folder (`backup/NAME`): "frozen" and "all" in the default plan."""
+
+    name: str
+    epochs: int
+    frozen: tuple = ()
+
+
+def phase_plan(epochs, frozen=(), frozen_epochs=0):
+    """The phases of a run of `epochs` epochs whose first `frozen_epochs` (at most all) train with the layers
+    `frozen` frozen: `[Phase("frozen", k, frozen), Phase("all", epochs - k)]`, the empty one left out."""
+    frozen_epochs = min(frozen_epochs, epochs) if frozen else 0
+    phases = [Phase("frozen", frozen_epochs, tuple(frozen)), Phase("all", epochs - frozen_epochs)]
+    return [phase for phase in phases if phase.epochs > 0]
+
+
 @dataclasses.dataclass
 class DataBundle:
     """What `Task.build_data` gives the trainer.
@@ -132,6 +150,13 @@ class Task:
         """`(layer_names, epochs)`: layers trained frozen for a first phase of `epochs` (none by default).
         `transferred` names the layers `init_from` filled."""
         return [], 0
+
+    def phases(self, model, transferred):
+        """The phases the trainer runs in order (`Phase`s, epochs adding up to `config.epochs`): by default
+        `freeze_plan`'s frozen phase, then one that trains every layer. A task with another plan (unfreezing
+        stage by stage) overrides this."""
+        frozen, epochs = self.freeze_plan(model, transferred)
+        return phase_plan(self.config.epochs, frozen, epochs)
 
     def report(self, model, data):
         """`(message, summary)`: a few lines for the terminal and a dict of final scores."""
