@@ -47,7 +47,7 @@ ENDPOINTS = ("serve", "serve_uint8")
 # `predict --runtime auto` on a .keras file or a preset runs it in the first of these that is installed; "keras"
 # ends the list (a runtime ranked after it is never chosen). The order is BENCHMARKS.md's deploy speed table
 # (`python -m benchmarks.deploy_speed`: output megapixels/s of each path on the same 2 CPU cores), fastest first.
-FASTEST_FIRST = ("openvino", "onnx", "litert", "keras")
+FASTEST_FIRST = ("openvino", "litert", "onnx", "keras")
 # What exporting to each format needs besides TensorFlow (the converters of `kx_vision.export.EXPORT_PACKAGES`).
 CONVERTERS = {"onnx": ("tf2onnx", "onnx"), "litert": (), "openvino": ("openvino",)}
 CACHE_ENV = "KX_VISION_CACHE"  # the cache folder, instead of $XDG_CACHE_HOME/kx_vision or ~/.cache/kx_vision
