@@ -311,7 +311,7 @@ def test_runtime_auto_falls_back_to_keras_in_one_line(exported, tmp_path, rng, c
 
     for format in runtimes.FORMATS:  # no runtime of the ranking installed: `import` of each fails
         monkeypatch.setitem(sys.modules, runtimes.PACKAGES[format][0].partition(".")[0], None)
-    auto('none of OpenVINO, ONNX Runtime, LiteRT is installed (pip install -e ".[export]")')
+    auto('none of OpenVINO, LiteRT, ONNX Runtime is installed (pip install -e ".[export]")')
     monkeypatch.undo()
     monkeypatch.setenv("KX_VISION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(runtimes, "export_in_subprocess", never)
