@@ -9,7 +9,6 @@ backends, in milliseconds, with a few more that the committed run shows (`commit
 on another machine may not reproduce exactly is asserted only there.
 """
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -137,11 +136,20 @@ def test_committed_outputs_show_what_the_lesson_teaches(path):
     CHECKS[path.stem](notebook, committed=True)
 
 
-def _build_module():
-    spec = importlib.util.spec_from_file_location("notebook_build", NOTEBOOK_DIR / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _script(path):
+    """The notebook as its script (`NN_name.py`, jupytext's percent format) reads."""
+    jupytext = pytest.importorskip("jupytext")
+    return jupytext.read(path.with_suffix(".py"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_each_notebook_holds_the_cells_of_its_script(path):
+    """The script is the source; the committed notebook is it, executed (`python notebooks/build.py --execute`)."""
+    nbformat = pytest.importorskip("nbformat")
+    committed = nbformat.read(path, as_version=4)
+    assert [(cell.cell_type, cell.source) for cell in committed.cells] == [
+        (cell.cell_type, cell.source) for cell in _script(path).cells], (
+        f"{path.name} differs from {path.stem}.py: KX_VISION_FAST=1 python notebooks/build.py --execute --only {path.stem}")
 
 
 @pytest.mark.parametrize("with_paintings", [True, False], ids=["shared_paintings", "package_only"])
@@ -151,7 +159,8 @@ def test_style_image_is_a_shared_painting_or_a_file_of_the_package(with_painting
     matplotlib.use("Agg")
     from kx_vision.data import SAMPLE_DIR
 
-    cell = next(source for kind, source in _build_module().STYLE_TRANSFER if "style_path =" in source)
+    cell = next(cell.source for cell in _script(NOTEBOOK_DIR / "02_style_transfer.ipynb").cells
+                if cell.cell_type == "code" and "style_path =" in cell.source)
     if with_paintings:
         (tmp_path / "style").mkdir()
         for name in ("a_painting.jpg", "starry_night.jpg"):
