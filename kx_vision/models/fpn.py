@@ -7,8 +7,14 @@ import keras
 
 from kx_vision.backbones import find_skip_layers, resolve_backbone
 from kx_vision.errors import ArgumentError
-from kx_vision.layers import BilinearUpSampling2D, CropLike, ImagePreprocessing, PadToMultiple
-from kx_vision.models.unet import BackboneModel, check_segmentation_arguments, output_activation
+from kx_vision.layers import BilinearUpSampling2D
+from kx_vision.models.segmentation import (
+    BackboneModel,
+    apply_encoder,
+    apply_probabilities,
+    backbone_with_taps,
+    check_segmentation_arguments,
+)
 
 MERGES = ("add", "concat")
 
@@ -65,6 +71,8 @@ class FPN(BackboneModel, keras.Model):
         pad_to: pad inputs to a multiple of this (0: inputs must already fit the backbone).
     """
 
+    config_keys = ("pyramid_filters", "segmentation_filters", "merge", "pad_to")
+
     def __init__(
         self,
         num_classes=1,
@@ -81,25 +89,13 @@ class FPN(BackboneModel, keras.Model):
             raise ArgumentError(f"FPN: merge={merge!r}; it must be one of {MERGES}", ["merge"])
         check_segmentation_arguments("FPN", num_classes, pad_to, pyramid_filters=pyramid_filters,
                                      segmentation_filters=segmentation_filters)
-        encoder_base, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
-        taps = [tap for tap in find_skip_layers(encoder_base) if tap[1] >= 4]
-        if not taps:
-            raise ArgumentError(f"FPN: backbone {encoder_base.name!r} has no feature map at stride 4 or more "
-                             "below its output; a pyramid needs at least two levels", ["backbone"])
-        encoder = keras.Model(
-            encoder_base.inputs,
-            [encoder_base.get_layer(name).output for name, _, _ in taps] + [encoder_base.output],
-            name="backbone",
-        )
-        # Pyramid levels by log2 of their stride (Lin et al.'s P2..P5); the output is one halving below
-        # the deepest tap (find_skip_layers taps the last layer before each halving).
-        levels = [int(math.log2(factor)) for _, factor, _ in taps]
-        levels.append(levels[-1] + 1)
+        encoder, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
+        taps, levels = _pyramid_taps(encoder)
+        encoder = backbone_with_taps(encoder, taps)
 
         # === Functional Model ===
         image = keras.Input(shape=(None, None, 3), name="image")
-        x = PadToMultiple(pad_to, name="pad", dtype=dtype)(image) if pad_to else image
-        features = encoder(ImagePreprocessing(preprocessing, name="preprocess", dtype=dtype)(x))
+        _, features = apply_encoder(image, encoder, preprocessing, pad_to, dtype)
         p = keras.layers.Conv2D(pyramid_filters, 1, name=f"p{levels[-1]}_lateral", dtype=dtype)(features[-1])
         pyramid = [p]
         for feature, level in zip(features[-2::-1], levels[-2::-1]):
@@ -110,16 +106,11 @@ class FPN(BackboneModel, keras.Model):
             apply_segmentation_branch(p, segmentation_filters, level - finest, f"segmentation_p{level}", dtype=dtype)
             for p, level in zip(pyramid, levels[::-1])
         ]
-        if merge == "add":
-            x = keras.layers.Add(name="merge", dtype=dtype)(branches)
-        else:
-            x = keras.layers.Concatenate(name="merge", dtype=dtype)(branches)
+        merging = keras.layers.Add if merge == "add" else keras.layers.Concatenate
+        x = merging(name="merge", dtype=dtype)(branches)
         x = keras.layers.Conv2D(num_classes, 1, name="classifier", dtype=dtype)(x)
         x = BilinearUpSampling2D(2**finest, name="final_up", dtype=dtype)(x)
-        x = keras.layers.Activation(output_activation(num_classes), name="probabilities", dtype="float32")(x)
-        if pad_to:
-            x = CropLike(name="crop", dtype="float32")([x, image])
-        super().__init__(inputs=image, outputs=x, **kwargs)
+        super().__init__(inputs=image, outputs=apply_probabilities(x, image, num_classes, pad_to), **kwargs)
 
         # === Config ===
         self.num_classes = int(num_classes)
@@ -131,14 +122,14 @@ class FPN(BackboneModel, keras.Model):
         self.skip_layers = [name for name, _, _ in taps]
         self.pyramid_levels = levels
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "num_classes": self.num_classes,
-            "backbone": self.backbone_config,
-            "pyramid_filters": self.pyramid_filters,
-            "segmentation_filters": self.segmentation_filters,
-            "merge": self.merge,
-            "pad_to": self.pad_to,
-        }
+
+def _pyramid_taps(encoder):
+    """`(taps, levels)`: the backbone's activations at strides 4 and more (`find_skip_layers`' taps: stride 2 is
+    not a pyramid level) and the pyramid levels by log2 of their stride (Lin et al.'s P2..P5), the backbone's
+    output last, one halving below the deepest tap (a tap is the last layer before each halving)."""
+    taps = [tap for tap in find_skip_layers(encoder) if tap[1] >= 4]
+    if not taps:
+        raise ArgumentError(f"FPN: backbone {encoder.name!r} has no feature map at stride 4 or more "
+                            "below its output; a pyramid needs at least two levels", ["backbone"])
+    levels = [int(math.log2(factor)) for _, factor, _ in taps]
+    return taps, levels + [levels[-1] + 1]

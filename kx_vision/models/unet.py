@@ -1,13 +1,17 @@
 """Dynamic U-Net (Ronneberger et al. 2015; fastai's DynamicUnet) over any functional backbone."""
 
-import copy
-
 import keras
 
 from kx_vision.backbones import find_skip_layers, resolve_backbone
 from kx_vision.errors import ArgumentError
-from kx_vision.layers import Blur2D, CropLike, ImagePreprocessing, PadToMultiple, apply_pixel_shuffle_upsample
-from kx_vision.models.base import KxModel, check_at_least, check_positive
+from kx_vision.layers import Blur2D, apply_pixel_shuffle_upsample
+from kx_vision.models.segmentation import (
+    BackboneModel,
+    apply_encoder,
+    apply_probabilities,
+    backbone_with_taps,
+    check_segmentation_arguments,
+)
 
 UPSAMPLING = ("pixel_shuffle", "transpose")
 # The decoders, each with its default upsampling and last cross connection.
@@ -54,37 +58,6 @@ def apply_lesson_unet_block(x, skip, filters, name, upsampling="transpose", blur
     return keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
 
 
-def output_activation(num_classes):
-    return "sigmoid" if num_classes == 1 else "softmax"
-
-
-def check_segmentation_arguments(owner, num_classes, pad_to, **positive):
-    """The arguments every segmentation model shares: `num_classes` >= 1 (1: binary), `pad_to` >= 0 (0: no
-    padding), and channel counts >= 1."""
-    check_positive(owner, num_classes=num_classes, **positive)
-    check_at_least(owner, 0, pad_to=pad_to)
-
-
-class BackboneModel(KxModel):
-    """Mixin of the segmentation models built around an encoder layer named "backbone"."""
-
-    @property
-    def backbone(self):
-        return self.get_layer("backbone")
-
-    def set_backbone_trainable(self, trainable):
-        """Freeze (False) or unfreeze (True) the encoder. Frozen BatchNorm layers run in inference
-        mode in Keras 3, so their statistics stay frozen too (the lesson's `bn_freeze`). Recompile
-        after changing it."""
-        self.backbone.trainable = bool(trainable)
-
-    @classmethod
-    def from_config(cls, config):
-        # Weights come from the saved file: never download them while deserializing. A copy, because
-        # deserializing the backbone's serialized model consumes parts of that dict.
-        return cls(**{**copy.deepcopy(config), "backbone_weights": None})
-
-
 @keras.saving.register_keras_serializable(package="kx_vision")
 class UNet(BackboneModel, keras.Model):
     """A U-Net whose encoder is a pretrained classification backbone.
@@ -125,6 +98,8 @@ class UNet(BackboneModel, keras.Model):
             fastai's `PixelShuffle_ICNR(blur=True)`), against checkerboard artefacts.
     """
 
+    config_keys = ("upsampling", "max_filters", "last_cross", "pad_to", "decoder", "blur")
+
     def __init__(
         self,
         num_classes=1,
@@ -139,33 +114,14 @@ class UNet(BackboneModel, keras.Model):
         dtype=None,
         **kwargs,
     ):
-        if decoder not in DECODERS:
-            raise ArgumentError(f"UNet: decoder={decoder!r}; it must be one of {tuple(DECODERS)}", ["decoder"])
-        check_segmentation_arguments("UNet", num_classes, pad_to, max_filters=max_filters)
-        default_upsampling, default_last_cross = DECODERS[decoder]
-        upsampling = default_upsampling if upsampling is None else upsampling
-        last_cross = default_last_cross if last_cross is None else bool(last_cross)
-        if upsampling not in UPSAMPLING:
-            raise ArgumentError(f"UNet: upsampling={upsampling!r}; it must be one of {UPSAMPLING}", ["upsampling"])
-        if decoder == "lesson" and last_cross:
-            raise ArgumentError("UNet(decoder='lesson'): the lesson's decoder has no last cross connection; "
-                                "leave last_cross unset (or False)", ["last_cross"])
-        if decoder == "lesson" and (max_filters < 2 or max_filters % 2):
-            raise ArgumentError(f"UNet(decoder='lesson'): max_filters is split in two halves (upsampled path "
-                                f"and skip), so it must be even and at least 2, got max_filters={max_filters!r}",
-                                ["max_filters"])
-        encoder_base, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
-        taps = find_skip_layers(encoder_base)
-        encoder = keras.Model(
-            encoder_base.inputs,
-            [encoder_base.get_layer(name).output for name, _, _ in taps] + [encoder_base.output],
-            name="backbone",
-        )
+        upsampling, last_cross = _check_arguments(num_classes, upsampling, max_filters, last_cross, pad_to, decoder)
+        encoder, preprocessing, backbone_config = resolve_backbone(backbone, backbone_weights)
+        taps = find_skip_layers(encoder)
+        encoder = backbone_with_taps(encoder, taps)
 
         # === Functional Model ===
         image = keras.Input(shape=(None, None, 3), name="image")
-        x_in = PadToMultiple(pad_to, name="pad", dtype=dtype)(image) if pad_to else image
-        features = encoder(ImagePreprocessing(preprocessing, name="preprocess", dtype=dtype)(x_in))
+        x_in, features = apply_encoder(image, encoder, preprocessing, pad_to, dtype)
         skips, x = features[:-1], features[-1]
         factor = taps[0][1] if taps else 32  # the reduction of the shallowest skip
         if decoder == "lesson":
@@ -173,10 +129,7 @@ class UNet(BackboneModel, keras.Model):
         else:
             x, decoder_filters = _fastai_decoder(x, skips, taps, factor, x_in, num_classes, max_filters, upsampling,
                                                  last_cross, blur, dtype)
-        x = keras.layers.Activation(output_activation(num_classes), name="probabilities", dtype="float32")(x)
-        if pad_to:
-            x = CropLike(name="crop", dtype="float32")([x, image])
-        super().__init__(inputs=image, outputs=x, **kwargs)
+        super().__init__(inputs=image, outputs=apply_probabilities(x, image, num_classes, pad_to), **kwargs)
 
         # === Config ===
         self.num_classes = int(num_classes)
@@ -190,19 +143,25 @@ class UNet(BackboneModel, keras.Model):
         self.skip_layers = [name for name, _, _ in taps]
         self.decoder_filters = decoder_filters
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "num_classes": self.num_classes,
-            "backbone": self.backbone_config,
-            "upsampling": self.upsampling,
-            "max_filters": self.max_filters,
-            "last_cross": self.last_cross,
-            "pad_to": self.pad_to,
-            "decoder": self.decoder,
-            "blur": self.blur,
-        }
+
+def _check_arguments(num_classes, upsampling, max_filters, last_cross, pad_to, decoder):
+    """Refuse what no U-Net can be; `(upsampling, last_cross)` with the decoder's defaults filled in."""
+    if decoder not in DECODERS:
+        raise ArgumentError(f"UNet: decoder={decoder!r}; it must be one of {tuple(DECODERS)}", ["decoder"])
+    check_segmentation_arguments("UNet", num_classes, pad_to, max_filters=max_filters)
+    default_upsampling, default_last_cross = DECODERS[decoder]
+    upsampling = default_upsampling if upsampling is None else upsampling
+    last_cross = default_last_cross if last_cross is None else bool(last_cross)
+    if upsampling not in UPSAMPLING:
+        raise ArgumentError(f"UNet: upsampling={upsampling!r}; it must be one of {UPSAMPLING}", ["upsampling"])
+    if decoder == "lesson" and last_cross:
+        raise ArgumentError("UNet(decoder='lesson'): the lesson's decoder has no last cross connection; "
+                            "leave last_cross unset (or False)", ["last_cross"])
+    if decoder == "lesson" and (max_filters < 2 or max_filters % 2):
+        raise ArgumentError(f"UNet(decoder='lesson'): max_filters is split in two halves (upsampled path "
+                            f"and skip), so it must be even and at least 2, got max_filters={max_filters!r}",
+                            ["max_filters"])
+    return upsampling, last_cross
 
 
 def _fastai_decoder(x, skips, taps, factor, x_in, num_classes, max_filters, upsampling, last_cross, blur, dtype):

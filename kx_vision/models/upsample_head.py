@@ -6,9 +6,13 @@ import keras
 
 from kx_vision.backbones import resolve_backbone
 from kx_vision.errors import ArgumentError
-from kx_vision.layers import CropLike, ImagePreprocessing, PadToMultiple
 from kx_vision.models.base import check_positive
-from kx_vision.models.unet import BackboneModel, check_segmentation_arguments, output_activation
+from kx_vision.models.segmentation import (
+    BackboneModel,
+    apply_encoder,
+    apply_probabilities,
+    check_segmentation_arguments,
+)
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")
@@ -21,6 +25,8 @@ class UpsampleHeadNet(BackboneModel, keras.Model):
     stages, `pad_to`. The backbone must downsample by `2 ** (num_stages + 1)` (32 by default): any other
     `num_stages` is refused.
     """
+
+    config_keys = ("filters", "num_stages", "pad_to")
 
     def __init__(
         self,
@@ -48,18 +54,14 @@ class UpsampleHeadNet(BackboneModel, keras.Model):
 
         # === Functional Model ===
         image = keras.Input(shape=(None, None, 3), name="image")
-        x = PadToMultiple(pad_to, name="pad", dtype=dtype)(image) if pad_to else image
-        x = encoder(ImagePreprocessing(preprocessing, name="preprocess", dtype=dtype)(x))
+        _, x = apply_encoder(image, encoder, preprocessing, pad_to, dtype)
         x = keras.layers.ReLU(name="backbone_relu", dtype=dtype)(x)
         for i in range(num_stages):
             x = keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"head_{i}_transpose", dtype=dtype)(x)
             x = keras.layers.BatchNormalization(name=f"head_{i}_bn", dtype=dtype)(x)
             x = keras.layers.ReLU(name=f"head_{i}_relu", dtype=dtype)(x)
         x = keras.layers.Conv2DTranspose(num_classes, 2, strides=2, name="classifier", dtype=dtype)(x)
-        x = keras.layers.Activation(output_activation(num_classes), name="probabilities", dtype="float32")(x)
-        if pad_to:
-            x = CropLike(name="crop", dtype="float32")([x, image])
-        super().__init__(inputs=image, outputs=x, **kwargs)
+        super().__init__(inputs=image, outputs=apply_probabilities(x, image, num_classes, pad_to), **kwargs)
 
         # === Config ===
         self.num_classes = int(num_classes)
@@ -67,17 +69,6 @@ class UpsampleHeadNet(BackboneModel, keras.Model):
         self.filters = int(filters)
         self.num_stages = int(num_stages)
         self.pad_to = int(pad_to)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "num_classes": self.num_classes,
-            "backbone": self.backbone_config,
-            "filters": self.filters,
-            "num_stages": self.num_stages,
-            "pad_to": self.pad_to,
-        }
 
 
 def _reduction(encoder, probe=256):
