@@ -18,6 +18,14 @@ from kx_vision.errors import ConfigError
 
 BASE_KEY = "base"  # top-level key of a config file naming the file it extends (never a config field)
 
+# The lesson's VGG16 layers for style transfer (style-transfer-net): style from the last conv of blocks 2-5, each
+# Gram term with its own weight, content from the third of them. Defaults of the style task's config and a
+# choice for `losses.StyleTransferLoss` (re-exported there); defined here, below both, since a config imports
+# no Keras (`train --help` stays instant).
+LESSON_CONTENT_LAYERS = ("block4_conv3",)
+LESSON_STYLE_LAYERS = ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
+LESSON_STYLE_LAYER_WEIGHTS = (0.025, 0.275, 5.0, 0.2)
+
 
 def option(default, help, choices=None, min=None, max=None, above=None, below=None):
     """A config field with its help text (shown by `--help`), optional allowed values and, for numbers,

@@ -155,12 +155,7 @@ def _parser():
     p.add_argument("--data", required=True, help="image folder(s), comma-separated, or tfds:NAME[:SPLIT]")
     p.add_argument("--scale", type=int, default=None, help="scale factor (default: the model's; required for bicubic)")
     p.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (EDSR+; 8x slower)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
-    p.add_argument("--save-examples", metavar="DIR", default=None,
-                   help="also write, per image, a PNG of bicubic | model | ground truth with their Y-PSNR and a "
-                        "zoomed crop of each, into DIR")
-    cli.add_verbose_argument(p)
+    _add_output_arguments(p, "a PNG of bicubic | model | ground truth with their Y-PSNR and a zoomed crop of each,")
     q = sub.add_parser("segmentation", help="mean IoU, per-class IoU and pixel accuracy at full resolution",
                        description="Mean IoU, per-class IoU and pixel accuracy at full resolution. Classes are "
                                    "named by --class-names, else by the class_names of the training run's "
@@ -176,13 +171,18 @@ def _parser():
     q.add_argument("--class-names", default=None,
                    help="comma-separated class names for the report (default: those saved with the training run, "
                         "else the class indices)")
-    q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
-    q.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
-    q.add_argument("--save-examples", metavar="DIR", default=None,
-                   help="also write, per image, a PNG of the image, its truth and the prediction in class colours, "
-                        "and confusion_matrix.png, into DIR")
-    cli.add_verbose_argument(q)
+    _add_output_arguments(q, "a PNG of the image, its truth and the prediction in class colours, and "
+                             "confusion_matrix.png,")
     return parser
+
+
+def _add_output_arguments(parser, examples):
+    """What both tasks take: how many images, how the results are printed, which pictures are written."""
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object, last")
+    parser.add_argument("--save-examples", metavar="DIR", default=None,
+                        help=f"also write, per image, {examples} into DIR")
+    cli.add_verbose_argument(parser)
 
 
 def saved_class_names(model_path, num_classes):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kx_vision.backbones import vgg16_feature_extractor
+from kx_vision.config import LESSON_CONTENT_LAYERS, LESSON_STYLE_LAYER_WEIGHTS, LESSON_STYLE_LAYERS  # noqa: F401
 from kx_vision.errors import ArgumentError
 from kx_vision.image_ops import labels_and_valid, to_caffe  # noqa: F401 - to_caffe is part of this module's API
 
@@ -195,15 +196,12 @@ def gram_matrix(features):
 JOHNSON_STYLE_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
 
 
+# The lesson's choice (style-transfer-net), `LESSON_CONTENT_LAYERS`, `LESSON_STYLE_LAYERS` and
+# `LESSON_STYLE_LAYER_WEIGHTS`, is imported above from kx_vision.config, where the style task's config finds it too.
+
 # The layers of keras.applications.VGG16 (include_top=False) a feature loss can read.
 VGG16_LAYERS = tuple(f"block{block}_{kind}" for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
                      for kind in [f"conv{i}" for i in range(1, convs + 1)] + ["pool"])
-
-# The lesson's choice (style-transfer-net): VGG blocks 2-5 hooked before each max-pool, content from the
-# third of them, a Gram term at each with its own weight.
-LESSON_STYLE_LAYERS = ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
-LESSON_STYLE_LAYER_WEIGHTS = (0.025, 0.275, 5.0, 0.2)
-LESSON_CONTENT_LAYERS = ("block4_conv3",)
 
 
 @keras.saving.register_keras_serializable(package="kx_vision")

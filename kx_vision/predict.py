@@ -191,13 +191,6 @@ def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, sel
     return _process(inputs, output, allow_large, load)
 
 
-# Colours of the class ids in masks and overlays (CamVid's first, then a spread of hues).
-PALETTE = np.array([
-    [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
-    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0],
-] + [[(37 * i) % 256, (97 * i) % 256, (173 * i) % 256] for i in range(12, 256)], dtype=np.uint8)
-
-
 def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, runtime=None):
     """Writes `<stem>_mask.png` (class ids as a palette PNG: the pixel values are the ids) and
     `<stem>_overlay.png` (class colours blended over the image) for each input image."""
@@ -207,6 +200,7 @@ def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, r
 
         from kx_vision import inference, runtimes
         from kx_vision.models.loading import load_model
+        from kx_vision.visualize import PALETTE  # the colours of every picture of classes
 
         export = runtimes.select(model_path, runtime)
         if export:

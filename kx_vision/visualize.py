@@ -28,7 +28,7 @@ from kx_vision.fileio import atomic_write
 
 # Colours of class ids in masks and overlays: CamVid's 11 classes (Sky, Building, Pole, Road, Pavement, Tree,
 # SignSymbol, Fence, Car, Pedestrian, Bicyclist), its void (11, black), then a spread of hues up to 255.
-# `kx_vision.predict` writes the same colours (a test checks they agree).
+# `kx_vision.predict` colours its masks and overlays with it too.
 PALETTE = np.array([
     [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192], [0, 0, 0],

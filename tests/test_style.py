@@ -153,7 +153,7 @@ def test_task_defaults_are_the_losses_lesson_constants():
     from kx_vision import losses
     from kx_vision.tasks import style as style_task
 
-    # The task repeats them so that its config needs no Keras: they must agree.
+    # One definition (kx_vision.config, which the task's config and the losses both import).
     assert style_task.LESSON_CONTENT_LAYERS == losses.LESSON_CONTENT_LAYERS
     assert style_task.LESSON_STYLE_LAYERS == losses.LESSON_STYLE_LAYERS
     assert style_task.LESSON_STYLE_LAYER_WEIGHTS == losses.LESSON_STYLE_LAYER_WEIGHTS

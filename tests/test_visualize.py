@@ -75,10 +75,16 @@ def test_overlay_blends_class_colours_and_leaves_ignored_pixels(rng):
     np.testing.assert_array_equal(visualize.PALETTE[3], [128, 64, 128])  # CamVid's road
 
 
-def test_palette_is_predicts():
-    from kx_vision.predict import PALETTE
+def test_predicted_masks_carry_the_palette(tmp_path):
+    from kx_vision import predict
+    from kx_vision.models import UNet
 
-    np.testing.assert_array_equal(visualize.PALETTE, PALETTE)
+    UNet(num_classes=3, backbone="simple", backbone_weights=None, max_filters=8).save(tmp_path / "unet.keras")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+    predict.run_segmentation(str(tmp_path / "unet.keras"), str(tmp_path / "in"), str(tmp_path / "out"))
+    palette = np.asarray(Image.open(tmp_path / "out" / "a_mask.png").getpalette()).reshape(-1, 3)
+    np.testing.assert_array_equal(palette, visualize.PALETTE)
 
 
 def test_detail_box_finds_the_textured_square(rng):

@@ -4,17 +4,11 @@ perceptual style loss, data and report."""
 import dataclasses
 import os
 
-from kx_vision.config import option
+from kx_vision.config import LESSON_CONTENT_LAYERS, LESSON_STYLE_LAYER_WEIGHTS, LESSON_STYLE_LAYERS, option
 from kx_vision.data import SAMPLE_DIR
 from kx_vision.errors import ConfigError
 from kx_vision.tasks.base import DataBundle, Task, TrainConfig, pipeline_option
 from kx_vision.tasks.data_options import cache_limit_option, cache_option
-
-# The lesson's choice (kx_vision.losses.LESSON_*, repeated here so that the config needs no Keras; a test
-# checks they agree): style from the last conv of VGG blocks 2-5, content from the third of them.
-LESSON_CONTENT_LAYERS = ("block4_conv3",)
-LESSON_STYLE_LAYERS = ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
-LESSON_STYLE_LAYER_WEIGHTS = (0.025, 0.275, 5.0, 0.2)
 
 
 @dataclasses.dataclass
