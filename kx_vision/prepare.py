@@ -65,7 +65,6 @@ are parsed.
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
 import errno
 import json
@@ -74,10 +73,9 @@ import os
 import signal
 import sys
 import time
-import warnings
 
 from kx_vision import cli
-from kx_vision.errors import ConfigError, DataError, KxVisionError
+from kx_vision.errors import ConfigError, DataError, KxVisionError, TooLargeImageError
 
 SKIPPED = 1  # exit status when some inputs were skipped and the others written
 SETTINGS = ".kx_vision_prepare.json"
@@ -295,53 +293,21 @@ class _WriteError(KxVisionError):
     """An output that cannot be written: stops the command (the disk, not the input, is at fault)."""
 
 
-@contextlib.contextmanager
-def _pixel_limit(allow_large):
-    """Pillow's decompression-bomb limit, lifted with --allow-large-images; its warning silenced (Pillow
-    refuses at twice the limit, as kx_vision does elsewhere)."""
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        if allow_large:
-            Image.MAX_IMAGE_PIXELS = None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-
-
-def _unreadable(error):
-    from PIL import Image
-
-    if isinstance(error, Image.DecompressionBombError):
-        return f"{error} (pass --allow-large-images if you trust this file)"
-    return f"cannot read image: {error}"
-
-
-def _open(path, allow_large):
-    """The decoded image, or a reason (str) why it cannot be used."""
-    from PIL import Image
+def _open(path, allow_large, decode=True):
+    """The image, decoded (its mode kept; `decode=False`: its header only, for its size), or a reason (str) why
+    it cannot be used: the image layer's checks (`kx_vision.data.images`: not an image, truncated, beyond
+    Pillow's decompression-bomb limit unless `allow_large`)."""
+    from kx_vision.data import images
 
     try:
-        with _pixel_limit(allow_large):
-            image = Image.open(path)
-            image.load()
+        with images._opened(path, allow_large) as image:
+            if decode:
+                image.load()
             return image
-    except Exception as error:  # noqa: BLE001 - Pillow's many failure types (truncated, not an image, ...)
-        return _unreadable(error)
-
-
-def _size(path, allow_large):
-    """`(width, height)` from the file's header alone (no decoding), or a reason (str)."""
-    from PIL import Image
-
-    try:
-        with _pixel_limit(allow_large), Image.open(path) as image:
-            return image.size
-    except Exception as error:  # noqa: BLE001
-        return _unreadable(error)
+    except TooLargeImageError as error:
+        return f"{error} (pass --allow-large-images if you trust this file)"
+    except DataError as error:
+        return str(error)
 
 
 def _save(image, path, format="png"):
@@ -458,9 +424,10 @@ def _too_small(source, size, options):
 def crop_one(source, base, options, allow_large=False):
     """Cut `source` into `base_s001.png`...; only the crops that do not exist yet are written. Whether all
     exist is decided from the file's header, without decoding it."""
-    size = _size(source, allow_large)
-    if isinstance(size, str):
-        return Outcome(source, "unreadable", reason=size)
+    header = _open(source, allow_large, decode=False)
+    if isinstance(header, str):
+        return Outcome(source, "unreadable", reason=header)
+    size = header.size
     boxes = crop_boxes(*size, options)
     if not boxes:
         return _too_small(source, size, options)
@@ -641,7 +608,9 @@ EPILOG = ("Writes lossless PNGs (or uncompressed BMPs: --format bmp), mirrors su
           "1 some inputs skipped (named in warnings), the others written; 2 nothing done (bad argument or folder).")
 
 
-def _common(parser):
+def _subcommand(sub, name, help, description):
+    """A subcommand's parser, with the arguments both take."""
+    parser = sub.add_parser(name, help=help, description=description, epilog=EPILOG)
     parser.add_argument("source", metavar="SRC", help="folder of images (subfolders included)")
     parser.add_argument("output", metavar="DST", help="output folder (created if missing)")
     parser.add_argument("--workers", type=_positive, default=None,
@@ -654,17 +623,17 @@ def _common(parser):
                              "~14x faster to decode than PNG for ~1.4x the disk, for patches streamed in "
                              "training; transparency dropped, 16-bit images skipped")
     cli.add_verbose_argument(parser)
+    return parser
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m kx_vision.prepare", description=__doc__.split("\n")[0],
                                      epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("resize", help="a smaller copy of a folder, aspect ratio kept", epilog=EPILOG,
-                       description="Scale every image so that its shorter (or longer) side is --size pixels, "
-                                   "keeping its aspect ratio; never enlarges. Images by area averaging "
-                                   "(OpenCV INTER_AREA), masks (--masks) by nearest neighbour.")
-    _common(p)
+    p = _subcommand(sub, "resize", "a smaller copy of a folder, aspect ratio kept",
+                    "Scale every image so that its shorter (or longer) side is --size pixels, keeping its aspect "
+                    "ratio; never enlarges. Images by area averaging (OpenCV INTER_AREA), masks (--masks) by "
+                    "nearest neighbour.")
     p.add_argument("--size", type=_positive, required=True, help="target length of the side chosen by --side")
     p.add_argument("--side", choices=("shorter", "longer"), default="shorter",
                    help="the side scaled to --size (default: %(default)s, as the lesson's resize_imgs; "
@@ -672,11 +641,10 @@ def _parser():
     p.add_argument("--masks", action="store_true",
                    help="segmentation masks: nearest neighbour, mode and palette kept, class ids unchanged "
                         "(png only)")
-    p = sub.add_parser("crop", help="overlapping crops of large images (BasicSR's sub-images)", epilog=EPILOG,
-                       description="Cut every image into --crop x --crop crops every --step pixels, plus one at "
-                                   "the right and bottom edges (BasicSR's extract_subimages); writes "
-                                   "<stem>_s001.png, <stem>_s002.png, ... (or .bmp) row by row.")
-    _common(p)
+    p = _subcommand(sub, "crop", "overlapping crops of large images (BasicSR's sub-images)",
+                    "Cut every image into --crop x --crop crops every --step pixels, plus one at the right and "
+                    "bottom edges (BasicSR's extract_subimages); writes <stem>_s001.png, <stem>_s002.png, ... "
+                    "(or .bmp) row by row.")
     p.add_argument("--crop", type=_positive, required=True, help="side of the square crops, in pixels")
     p.add_argument("--step", type=_positive, default=None, help="distance between crops (default: --crop / 2)")
     p.add_argument("--thresh-size", type=_non_negative, default=0,
