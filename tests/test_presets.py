@@ -289,7 +289,7 @@ def test_every_shipped_preset_is_known_measured_and_packaged():
 @pytest.mark.shared_data
 @pytest.mark.parametrize("name", presets.shipped_presets())
 def test_shipped_preset_reproduces_its_card_on_set5(name):
-    """Runs once presets ship (none does yet): the Set5 Y-PSNR on the CPU equals the card's to 0.01 dB."""
+    """Each shipped preset's Set5 Y-PSNR on the CPU equals its card's to 0.01 dB."""
     card = json.loads(open(os.path.join(presets.PRESETS_DIR, name, presets.METADATA_FILE)).read())["card"]
     predict_fn, scale = inference.resolve_superres_model(name, None)
     names, images = evaluate.load_hr_images(str(shared_dir("sr", "Set5")))

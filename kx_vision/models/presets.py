@@ -11,8 +11,8 @@ A preset folder holds
 
 `EDSR.from_preset(name_or_dir)` loads a preset shipped in the package by name (`PRESETS`; the files live in
 `kx_vision/presets/<name>/`) or any preset folder; `model.save_to_preset(dir)` writes one, atomically.
-A shipped preset must carry the scores measured with its own weights (`shipped_card_problems`); until GPU-trained
-weights exist none ships, and asking for one by name says so.
+A shipped preset must carry the scores measured with its own weights (`shipped_card_problems`); asking by name for
+a known preset whose weights do not ship (the GPU recipes) says how to train them.
 """
 
 import datetime
