@@ -312,8 +312,8 @@ def _header(args, records, model):
     command = "python -m benchmarks.deploy_speed " + " ".join(args.argv)
     date = next((r["date"] for r in records if "date" in r), time.strftime("%Y-%m-%d"))
     device = next((r["device"] for r in records if "device" in r), cpu_device())
-    return (f"```\n{command.strip()}\n```\n{model}, {args.threads} threads on {args.threads} cores of a {device}, "
-            f"{date}; median of {args.repeats} run(s) after one warm-up:\n")
+    return (f"```\n{command.strip()}\n```\n{model}; {args.threads} thread(s) pinned to {args.threads} core(s) of a "
+            f"{device}, {date}; median of {args.repeats} run(s) after one warm-up:\n")
 
 
 def main(argv=None):
@@ -344,6 +344,8 @@ def main(argv=None):
     cases = [c for c in (args.cases or ",".join(known)).split(",") if c]
     if set(cases) - set(known):
         parser.error(f"unknown --cases {', '.join(sorted(set(cases) - set(known)))}; choose from {', '.join(known)}")
+    if args.out and os.path.dirname(args.out):
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
     records = []
     with tempfile.TemporaryDirectory(prefix="deploy_speed_") as folder:
         failed = _child("prepare", folder, args)

@@ -190,8 +190,22 @@ def _litert(path, threads):
     return run
 
 
+def _import_openvino():
+    """`import openvino`, without its usage telemetry: importing it (its converter, `openvino.tools.ovc`) reports
+    the import to Google Analytics from a forked process, which in a multithreaded process (JAX's) may deadlock,
+    as Python warns. Without the optional package `openvino_telemetry`, OpenVINO uses its own no-op stub."""
+    if "openvino" in sys.modules or "openvino_telemetry" in sys.modules:
+        return require("openvino", "openvino", "running an OpenVINO export")
+    sys.modules["openvino_telemetry"] = None  # `import openvino_telemetry` raises ImportError
+    try:
+        return require("openvino", "openvino", "running an OpenVINO export")
+    finally:
+        if sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+
+
 def _openvino(path, threads):
-    ov = require("openvino", "openvino", "running an OpenVINO export")
+    ov = _import_openvino()
     core = ov.Core()
     # f32: OpenVINO's CPU plugin would otherwise compute in bfloat16 on CPUs that have it (not the Keras model's
     # numbers); float16-compressed weights are still computed in float32.

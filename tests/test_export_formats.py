@@ -257,15 +257,14 @@ def counting_exports(monkeypatch):
     return calls
 
 
-def test_runtime_auto_exports_once_into_the_cache_and_matches_keras(exported, tmp_path, rng, capsys, monkeypatch):
+def test_runtime_auto_exports_once_into_the_cache_and_matches_keras(model_file, tmp_path, rng, capsys, monkeypatch):
     format = first_installed()
     if format == "keras":
         pytest.skip("no runtime of the ranking is installed: pip install -e '.[export]'")
-    folder, _ = exported
     monkeypatch.setenv("KX_VISION_CACHE", str(tmp_path / "cache"))
     calls = counting_exports(monkeypatch)
     write_image(tmp_path / "photo.png", rng, (40, 44))
-    common = ["superres", "--model", str(folder / "edsr.keras"), "--input", str(tmp_path / "photo.png"),
+    common = ["superres", "--model", str(model_file), "--input", str(tmp_path / "photo.png"),
               "--tile", "32", "--overlap", "24"]
     assert predict.main([*common, "--output", str(tmp_path / "keras"), "--runtime", "keras"]) == 0
     capsys.readouterr()
@@ -290,13 +289,12 @@ def test_runtime_auto_exports_once_into_the_cache_and_matches_keras(exported, tm
         assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.99
 
 
-def test_runtime_auto_falls_back_to_keras_in_one_line(exported, tmp_path, rng, capsys, monkeypatch):
-    folder, _ = exported
+def test_runtime_auto_falls_back_to_keras_in_one_line(model_file, tmp_path, rng, capsys, monkeypatch):
     monkeypatch.setenv("KX_VISION_CACHE", str(tmp_path / "cache"))
     never = lambda *a, **k: pytest.fail("nothing is exported")  # noqa: E731
     monkeypatch.setattr(runtimes, "export_in_subprocess", never)
     write_image(tmp_path / "photo.png", rng)
-    common = ["superres", "--model", str(folder / "edsr.keras"), "--input", str(tmp_path / "photo.png")]
+    common = ["superres", "--model", str(model_file), "--input", str(tmp_path / "photo.png")]
     assert predict.main([*common, "--output", str(tmp_path / "keras"), "--runtime", "keras"]) == 0
     want = (tmp_path / "keras" / "photo_x2.png").read_bytes()
     capsys.readouterr()
@@ -321,7 +319,7 @@ def test_runtime_auto_falls_back_to_keras_in_one_line(exported, tmp_path, rng, c
     auto("exporting needs TensorFlow, which is not installed (pip install tensorflow)")  # a JAX-only machine
     monkeypatch.setattr(runtimes, "installed", lambda module: True)
     monkeypatch.setattr(runtimes, "export_in_subprocess", lambda *a, **k: "cannot convert the model: op XYZ")
-    auto(f"exporting {folder / 'edsr.keras'} for ONNX Runtime failed: cannot convert the model: op XYZ", tried=True)
+    auto(f"exporting {model_file} for ONNX Runtime failed: cannot convert the model: op XYZ", tried=True)
     monkeypatch.setattr(runtimes, "FASTEST_FIRST", ("keras", "onnx"))
     auto("which ranks first")
     assert not (tmp_path / "cache").exists()
