@@ -18,8 +18,9 @@ the default super-resolution settings (HR patches 48, batch 16, x2):
 Each prints one JSON line: images/s (wall clock), and images per CPU-second of the whole process (user +
 system time of all its threads): the rate per core, which does not depend on what else the machine runs.
 
-`--source tfds` measures `kx_vision.data.tfds_stream` (`data.train=tfds:...`, tf_data only) on the same images
-written, still PNG-encoded, into a tensorflow-datasets set (`kx_bench_images`, built in a temporary data dir).
+`--source tfds` measures `kx_vision.data.tfds_source.TfdsSource` streams (`data.train=tfds:...`, tf_data only) on
+the same images written, still PNG-encoded, into a tensorflow-datasets set (`kx_bench_images`, built in a
+temporary data dir).
 """
 
 import argparse

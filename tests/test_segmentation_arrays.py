@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kx_vision.data import segmentation_arrays as arrays
+from kx_vision.data.definitions import draw_augmentation
 from kx_vision.data.masks import PairReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +106,8 @@ def test_image_follows_its_mask_through_every_augmentation(rng):
     mask = np.kron(rng.integers(0, 4, (6, 8)), np.ones((10, 10), np.int64)).astype(np.uint8)
     image = np.repeat((mask * 60 + 20)[..., None], 3, axis=-1).astype(np.uint8)
     for seed in range(8):
-        img, msk = arrays.augment_pair(image, mask, np.random.default_rng(seed), (48, 64), rotate_degrees=10)
+        img, msk = arrays.augment_pair(image, mask, draw_augmentation(np.random.default_rng(seed)), (48, 64),
+                                       rotate_degrees=10)
         _check_image_follows_mask(img, msk[..., 0], mask)
 
 

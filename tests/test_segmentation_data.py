@@ -84,13 +84,14 @@ def test_group_split_keeps_sequences_together():
 @pytest.mark.parametrize("rotate_degrees", [0.0, 10.0])
 def test_augmentation_moves_image_and_mask_together(rng, rotate_degrees):
     tf = pytest.importorskip("tensorflow")
+    from kx_vision.data.definitions import draw_augmentation
     from kx_vision.data.segmentation import augment_pair
 
     # Large blocks of classes 0..3; the image encodes the class as its grey level.
     mask = np.kron(rng.integers(0, 4, (6, 8)), np.ones((10, 10), np.int64)).astype(np.uint8)
     image = np.repeat((mask * 60 + 20)[..., None], 3, axis=-1).astype(np.uint8)
     for s in range(6):
-        img, msk = augment_pair(tf.constant(image), tf.constant(mask), tf.constant([s, 7], tf.int64),
+        img, msk = augment_pair(tf.constant(image), tf.constant(mask), draw_augmentation(np.random.default_rng(s)),
                                 tf.constant([48, 64]), rotate_degrees=rotate_degrees)
         img, msk = img.numpy(), msk.numpy()[..., 0]
         _check_image_follows_mask(img, msk, mask)
@@ -226,18 +227,18 @@ def test_reader_streams_skips_and_reports_unusable_pairs(tmp_path, rng, monkeypa
     data = (tmp_path / "images" / "s1_004.jpg").read_bytes()
     (tmp_path / "images" / "s1_004.jpg").write_bytes(data[: len(data) // 2])  # truncated: found when decoded
     _save(tmp_path / "masks" / "s2_007.png", np.full((16, 12), 9, np.uint8))  # a value outside the classes
-    reader = PairReader(pairs, 3)
+    reader = PairReader(pairs, 3, workers=2)
     assert reader.decoded_bytes == 8 * 16 * 12 * 4 and not reader.cache  # from the headers that open
     reader.probe()  # the first pair is fine: nothing raised
     with pytest.warns(UserWarning) as caught:
-        streamed = list(reader.stream(range(9), workers=2, rng=np.random.default_rng(0)))
+        streamed = list(reader.stream(range(9), rng=np.random.default_rng(0)))
         assert reader.end_pass("this epoch") == 2
     messages = [str(w.message) for w in caught]
-    assert len(streamed) == 9 and [p for p, _, _ in streamed] == list(range(9))  # replaced: a pass keeps its length
+    assert len(streamed) == 9 and [p for p, _ in streamed] == list(range(9))  # replaced: a pass keeps its length
     assert any("s1_004.jpg" in m and "cannot read image" in m for m in messages)
     assert any("s2_007.png has values [9] outside the declared classes" in m for m in messages)
     assert messages[-1] == "this epoch: skipped 2 unusable training image/mask pair(s) of 9 (s1_004.jpg, s2_007.jpg)"
-    np.testing.assert_array_equal(streamed[0][2], np.asarray(Image.open(pairs[0][1])))
+    np.testing.assert_array_equal(streamed[0][1][1], np.asarray(Image.open(pairs[0][1])))
     # Known bad pairs are not decoded again; without a rng they are left out; without cache nothing is kept.
     decoded = []
     real = masks_module.load_image

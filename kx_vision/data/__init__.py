@@ -27,5 +27,7 @@ def resolve_pipeline(name, key="data.pipeline"):
 
 
 def default_workers():
-    """Threads preparing batches: enough to keep an accelerator fed, within this machine's cores."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Threads for one stage of a pipeline: decoding images (Pillow and OpenCV release the GIL while they
+    decode), reading file headers, a `keras.utils.PyDataset`'s workers. One per core, at most 16, and at least
+    2 (a `PyDataset` with one worker would make its batches in the training thread)."""
+    return max(2, min(16, os.cpu_count() or 1))

@@ -1,5 +1,6 @@
-"""The one definition of the two transforms that make a super-resolution training pair: the 8 dihedral
-symmetries of the patch, and the bicubic degradation that makes its LR input.
+"""The one definition of the two transforms that make a super-resolution training pair (the 8 dihedral
+symmetries of the patch, and the bicubic degradation that makes its LR input) and of the augmentation of a
+segmentation pair (at the end).
 
 Three array libraries apply them, each through a thin adapter that only supplies its primitives:
 
@@ -14,6 +15,7 @@ LR image is made and rounded are written here once; `tests/test_data_arrays.py` 
 agree. This module needs NumPy only.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -118,3 +120,69 @@ def degrade(images, size, resize, clip, round_, quantize_levels=True):
     primitives: `resize(images, size, interpolation, antialias)`, and `clip`, `round_` as in `quantize`."""
     lr = resize(images, size, DEGRADATION.interpolation, DEGRADATION.antialias)
     return quantize(lr, clip, round_) if quantize_levels else lr
+
+
+# --- the segmentation augmentation ---
+#
+# A random crop covering `MIN_CROP`-100% of each side, a random left-right flip, resized to the batches' size
+# (bilinear with antialiasing for the image, nearest-neighbour for the mask, so class ids stay ids), a random
+# rotation within +-`rotate_degrees` about the centre (the same angle for both: bilinear for the image, nearest
+# for the mask, borders reflected, as fastai's `rotate`), then a random brightness/contrast change of the image
+# only. The parameters are drawn here, in NumPy, for both pipelines; TensorFlow (`kx_vision.data.segmentation`,
+# inside tf.data) and NumPy/OpenCV/Pillow (`kx_vision.data.segmentation_arrays`) supply the array primitives.
+
+MIN_CROP = 0.6  # smallest crop side, as a fraction of the image's
+JITTER = 0.1  # brightness shift and contrast change, each uniform in [-JITTER, JITTER]
+AUGMENTATION_DRAWS = 8  # uniform numbers in [0, 1) that one augmentation is made of
+
+
+def draw_augmentation(rng, count=None):
+    """The random numbers of one augmentation (float64, `AUGMENTATION_DRAWS` of them), or of `count` of them (an
+    array of `count` rows), from a NumPy `Generator`; `augmentation_params` makes them parameters for an image of
+    a given size."""
+    return rng.random(AUGMENTATION_DRAWS if count is None else (count, AUGMENTATION_DRAWS))
+
+
+def augmentation_params(draws, height, width, min_crop=MIN_CROP, rotate_degrees=0.0, to_int=int, cast=float,
+                        minimum=min, maximum=max):
+    """`(top, left, crop_height, crop_width, flip, angle, contrast, brightness)` of an `height` x `width` image
+    from `draws`, with the library's `to_int` (truncation of a non-negative number), `cast` (an integer as a
+    float) and `minimum` / `maximum` (of two numbers)."""
+    crop_h = maximum(to_int(cast(height) * (min_crop + (1.0 - min_crop) * draws[0])), 1)
+    crop_w = maximum(to_int(cast(width) * (min_crop + (1.0 - min_crop) * draws[1])), 1)
+    top = minimum(to_int(draws[2] * cast(height - crop_h + 1)), height - crop_h)
+    left = minimum(to_int(draws[3] * cast(width - crop_w + 1)), width - crop_w)
+    flip = draws[4] < 0.5
+    angle = (2.0 * draws[5] - 1.0) * float(rotate_degrees)
+    contrast, brightness = (2.0 * draws[6] - 1.0) * JITTER, (2.0 * draws[7] - 1.0) * JITTER
+    return top, left, crop_h, crop_w, flip, angle, contrast, brightness
+
+
+def rotation_map(angle, height, width, cos, sin):
+    """The inverse map of a rotation by `angle` degrees about the centre of an `height` x `width` image (floats),
+    as the 6 numbers of an affine map: output pixel `(x, y)` reads input `(a0 x + a1 y + a2, b0 x + b1 y + b2)`
+    (`ImageProjectiveTransformV3`'s first six, `cv2.warpAffine(..., WARP_INVERSE_MAP)`'s matrix)."""
+    radians = angle * (math.pi / 180.0)
+    c, s = cos(radians), sin(radians)
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    return c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy
+
+
+def jitter_map(mean, contrast, brightness):
+    """`(scale, offset)` of the photometric change of an image in [0, 1] whose mean is `mean`:
+    `(x - mean) * (1 + contrast) + mean + brightness = x * scale + offset`, clipped to [0, 1] after."""
+    scale = 1.0 + contrast
+    return scale, mean + brightness - mean * scale
+
+
+def augment_pair(image, mask, params, size, flip_if, resize, rotate, jitter, rotates=True):
+    """The segmentation augmentation with `params` (`augmentation_params`) of an `(H, W, 3)` image and its
+    `(H, W)` mask, resized to `size`, from an array library's primitives: `flip_if(x, flip)`,
+    `resize(image, mask, size)`, `rotate(image, mask, angle)` (when `rotates`) and
+    `jitter(image, contrast, brightness)`."""
+    top, left, crop_h, crop_w, flip, angle, contrast, brightness = params
+    image, mask = image[top : top + crop_h, left : left + crop_w], mask[top : top + crop_h, left : left + crop_w]
+    image, mask = resize(flip_if(image, flip), flip_if(mask, flip), size)
+    if rotates:
+        image, mask = rotate(image, mask, angle)
+    return jitter(image, contrast, brightness), mask

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from kx_vision.data.skips import SkippedDataWarning
 from kx_vision.errors import DataError, TooLargeImageError, UnreadableFileError
 
 log = logging.getLogger("kx_vision")
@@ -232,7 +233,7 @@ def iter_images(paths, min_size=None, what="image", skip_small=False):
         try:
             array = load_image(path)
         except DataError as error:
-            warnings.warn(f"skipping {what}: {error}", stacklevel=3)
+            warnings.warn(f"skipping {what}: {error}", SkippedDataWarning, stacklevel=3)
             skipped.append(path)
             continue
         if not _big_enough(path, array.shape[1], array.shape[0], min_size, what, skip_small):
@@ -255,16 +256,12 @@ def scan_images(paths, min_size=None, what="image", skip_small=False, workers=No
     Returns:
         (kept_paths, sizes), `sizes` a list of `(width, height)`.
     """
-    import concurrent.futures
-
     paths = list(paths)
-    workers = workers or min(8, os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # open() waits on the disk, not the CPU
-        results = list(pool.map(_size_or_error, paths, chunksize=64))
+    results = read_sizes(paths, workers)
     kept, sizes, skipped, small = [], [], [], []
     for path, result in zip(paths, results):
         if isinstance(result, DataError):
-            warnings.warn(f"skipping {what}: {result}", stacklevel=2)
+            warnings.warn(f"skipping {what}: {result}", SkippedDataWarning, stacklevel=2)
             skipped.append(path)
         elif not _big_enough(path, result[0], result[1], min_size, what, skip_small):
             small.append(path)
@@ -273,6 +270,18 @@ def scan_images(paths, min_size=None, what="image", skip_small=False, workers=No
             sizes.append(result)
     _report_skipped(paths, skipped, small, min_size, what, found=bool(kept))
     return kept, sizes
+
+
+def read_sizes(paths, workers=None):
+    """`read_size` of many files, in threads (opening a file waits on the disk, not the CPU): for each path its
+    `(width, height)`, or the `DataError` saying why its header cannot be read. The one header scan of the
+    training pipelines (image folders, image/mask pairs)."""
+    import concurrent.futures
+
+    from kx_vision.data import default_workers
+
+    with concurrent.futures.ThreadPoolExecutor(workers or default_workers()) as pool:
+        return list(pool.map(_size_or_error, paths, chunksize=64))
 
 
 def _size_or_error(path):
@@ -296,10 +305,11 @@ def _big_enough(path, width, height, min_size, what, skip_small):
 
 def _report_skipped(paths, skipped, small, min_size, what, found):
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable {what} file(s) of {len(paths)}", stacklevel=3)
+        warnings.warn(f"skipped {len(skipped)} unreadable {what} file(s) of {len(paths)}", SkippedDataWarning,
+                      stacklevel=3)
     if small:
         warnings.warn(f"skipped {len(small)} of {len(paths)} {what}s smaller than the {min_size}x{min_size} "
-                      "patch", stacklevel=3)
+                      "patch", SkippedDataWarning, stacklevel=3)
     if not found and small and len(small) + len(skipped) == len(paths):
         raise DataError(f"no {what} is at least {min_size} pixels on its short side")
     if not found:

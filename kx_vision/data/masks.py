@@ -1,32 +1,28 @@
-"""Segmentation data without TensorFlow: image/mask pairing, mask decoding and validation, group split, and
-the streaming reader both segmentation pipelines decode through (`PairReader`)."""
+"""Segmentation data without TensorFlow: image/mask pairing, mask decoding and validation (with an optional map of
+mask values to classes), group split, the image/mask implementation of the `Source` protocol (`PairSource`) and
+the reader both segmentation pipelines decode through (`PairReader`)."""
 
-import collections
-import concurrent.futures
+import io
 import os
 import random
-import threading
 import warnings
 
 import numpy as np
 from PIL import Image
 
-from kx_vision.data.images import UnreadableFileError, list_images, load_image
-from kx_vision.errors import DataError
+from kx_vision.data.images import UnreadableFileError, list_images, load_image, read_sizes
+from kx_vision.data.skips import SkipLog, SkippedDataWarning, names
+from kx_vision.data.sources import ArraySource, decoded_mib
+from kx_vision.data.streaming import Items
+from kx_vision.errors import ConfigError, DataError
 
 # How a mask's file name relates to its image's `<stem>.<ext>`: the same stem (SegNet's CamVid, most sets),
 # `<stem>_mask` (Carvana's `<id>_mask.gif`), `<stem>_L` (CamVid as first published). Any image extension.
 MASK_SUFFIXES = ("", "_mask", "_L")
-SHOWN = 5  # unpaired files named in an error
 
 
 def _stem(path):
     return os.path.splitext(os.path.basename(path))[0]
-
-
-def _names(paths, limit=SHOWN):
-    shown = ", ".join(os.path.basename(p) for p in paths[:limit])
-    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def find_pairs(image_dirs, mask_dirs):
@@ -76,8 +72,8 @@ def find_pairs(image_dirs, mask_dirs):
             where = f"beside them in {image_dir}" if same_folder else f"in {mask_dir}"
             raise DataError(
                 f"{len(missing)} of {len(images)} image(s) in {image_dir} have no mask {where} (a mask is named "
-                f"like its image, or with _mask or _L added, any image extension): {_names(missing)}"
-                + (f"; mask(s) matching no image: {_names(orphans)}" if orphans else ""))
+                f"like its image, or with _mask or _L added, any image extension): {names(missing)}"
+                + (f"; mask(s) matching no image: {names(orphans)}" if orphans else ""))
         if not found:
             raise DataError(f"no image/mask pairs in {image_dir}" + ("" if same_folder else f" and {mask_dir}"))
         pairs.extend(found)
@@ -93,21 +89,20 @@ def _black_and_white_palette(image):
     return bool(colours) and colours <= {(0, 0, 0), (255, 255, 255)} and len(palette) >= 3 * (max(used) + 1)
 
 
-def load_mask(path, num_classes, ignore_class=None, divisor=1):
-    """A mask file as `(H, W)` uint8 class ids, validated.
+def load_mask(path, num_classes, ignore_class=None, divisor=1, label_map=None, name=None):
+    """A mask file (a path, or a file object named `name` in messages) as `(H, W)` uint8 class ids, validated.
 
     Masks hold one class id per pixel (8-bit grayscale or palette indices; not colours). A palette mask
-    whose colours are only black and white (Carvana's GIFs) is read by its colours, 0 and 255. Values are
-    divided by `divisor` first (255 for 0/255 binary masks); a binary task (`num_classes` 1) reads a mask
-    holding only 0 and 255 as 0/1 by itself. Any value outside `0..num_classes-1` (`0..1` for binary)
-    and `ignore_class` raises `DataError` naming the file and the values; a file that cannot be decoded
+    whose colours are only black and white (Carvana's GIFs) is read by its colours, 0 and 255. See `check_mask`
+    for what is done to the values (`label_map`, `divisor`) and what they may be; a file that cannot be decoded
     raises `UnreadableFileError`.
     """
+    name = path if name is None else name
     try:
         with Image.open(path) as image:
             if image.mode not in ("L", "P", "1", "I", "I;16"):
                 raise DataError(
-                    f"mask {path} has mode {image.mode}; masks must hold one class id per pixel "
+                    f"mask {name} has mode {image.mode}; masks must hold one class id per pixel "
                     "(8-bit grayscale or palette), not colours"
                 )
             if image.mode == "P" and _black_and_white_palette(image):
@@ -116,9 +111,26 @@ def load_mask(path, num_classes, ignore_class=None, divisor=1):
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - Pillow's many failure types (truncated, not an image, ...)
-        raise UnreadableFileError(f"cannot read mask {path}: {error}") from error
+        raise UnreadableFileError(f"cannot read mask {name}: {error}") from error
+    return check_mask(mask, name, num_classes, ignore_class, divisor, label_map)
+
+
+def check_mask(mask, name, num_classes, ignore_class=None, divisor=1, label_map=None):
+    """A mask's values as `(H, W)` uint8 class ids: mapped by `label_map` (`{value: class}`, e.g. Oxford-IIIT
+    Pet's trimaps `{1: 1, 2: 0, 3: 2}`; values it does not name are kept), then divided by `divisor` (255 for
+    0/255 binary masks); a binary task (`num_classes` 1) reads a mask holding only 0 and 255 as 0/1 by
+    itself. Any value outside `0..num_classes-1` (`0..1` for binary) and `ignore_class` raises `DataError`
+    naming the mask (`name`) and the values."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
     if mask.dtype != np.uint8:  # mode 1 (bool), 16- and 32-bit grayscale
         mask = mask.astype(np.int64)
+    if label_map:
+        table = np.arange(max(256, int(mask.max(initial=0)) + 1, max(label_map) + 1), dtype=np.int64)
+        table[list(label_map)] = list(label_map.values())
+        mask = table[mask]
+        mask = mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask
     if divisor != 1:
         mask = mask // divisor
     # The values present: a histogram for 8-bit masks (a tenth of the time of np.unique's sort).
@@ -132,9 +144,38 @@ def load_mask(path, num_classes, ignore_class=None, divisor=1):
     if bad:
         declared = f"0..{max(num_classes, 2) - 1}" + (f" and ignore {ignore_class}" if ignore_class is not None else "")
         hint = "; 0/255 masks: divide by 255 (mask_divisor)" if divisor == 1 and bad == [255] else ""
-        raise DataError(f"mask {path} has values {bad[:10]} outside the declared classes ({declared})"
-                        + (f" after dividing by {divisor}" if divisor != 1 else "") + hint)
+        mapped = " after data.label_map" if label_map else ""
+        raise DataError(f"mask {name} has values {bad[:10]} outside the declared classes ({declared})"
+                        + (f" after dividing by {divisor}" if divisor != 1 else "") + mapped + hint)
     return mask.astype(np.uint8)
+
+
+def mask_reader(num_classes, ignore_class=None, divisor=1, label_map=None):
+    """`read(data, name)`: a mask given as encoded bytes (a tensorflow-datasets feature) or as an array, read and
+    checked as `load_mask` does."""
+    def read(data, name):
+        if isinstance(data, np.ndarray):
+            return check_mask(data, f"of {name}", num_classes, ignore_class, divisor, label_map)
+        return load_mask(io.BytesIO(data), num_classes, ignore_class, divisor, label_map, name=f"of {name}")
+
+    return read
+
+
+def parse_label_map(items, key="data.label_map"):
+    """`["1:1", "2:0", "3:2"]` (config values) -> `{1: 1, 2: 0, 3: 2}`: mask value -> class, each 0..255; one
+    `ConfigError` naming `key` for an item of another form."""
+    found = {}
+    for item in items:
+        value, colon, label = str(item).partition(":")
+        try:
+            value, label = int(value), int(label)
+        except ValueError:
+            value = label = None
+        if not colon or value is None or not (0 <= value <= 255 and 0 <= label <= 255):
+            raise ConfigError(f"config key '{key}' takes VALUE:CLASS items, each 0..255 (e.g. 1:1,2:0,3:2; quote "
+                              f"them in YAML: \"1:1\", which YAML would read as a number), got {item!r}")
+        found[value] = label
+    return found
 
 
 def _size_mismatch(image_path, image_size, mask_path, mask_size):
@@ -142,10 +183,10 @@ def _size_mismatch(image_path, image_size, mask_path, mask_size):
                      f"{mask_path} is {mask_size[0]}x{mask_size[1]}")
 
 
-def read_pair(image_path, mask_path, num_classes, ignore_class=None, divisor=1):
+def read_pair(image_path, mask_path, num_classes, ignore_class=None, divisor=1, label_map=None):
     """`(image, mask)`: one decoded, validated pair (`UnreadableFileError` / `DataError` naming the file)."""
     image = load_image(image_path)
-    mask = load_mask(mask_path, num_classes, ignore_class, divisor)
+    mask = load_mask(mask_path, num_classes, ignore_class, divisor, label_map)
     if image.shape[:2] != mask.shape:
         raise _size_mismatch(image_path, image.shape[1::-1], mask_path, mask.shape[::-1])
     return image, mask
@@ -176,7 +217,7 @@ def iter_pairs(pairs, num_classes, ignore_class=None, divisor=1):
     skipped, found = [], False
 
     def skip(path, error):
-        warnings.warn(f"skipping image/mask pair {path}: {error}", stacklevel=4)
+        warnings.warn(f"skipping image/mask pair {path}: {error}", SkippedDataWarning, stacklevel=4)
         skipped.append(path)
 
     for image_path, mask_path in pairs:
@@ -195,185 +236,100 @@ def iter_pairs(pairs, num_classes, ignore_class=None, divisor=1):
         found = True
         yield image_path, image, mask
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image/mask pair(s) of {len(pairs)}", stacklevel=3)
+        warnings.warn(f"skipped {len(skipped)} unreadable image/mask pair(s) of {len(pairs)}", SkippedDataWarning,
+                      stacklevel=3)
     if not found:
         if skipped:
             raise DataError(f"none of the {len(pairs)} image/mask pairs could be read (first: {pairs[0][0]})")
         raise DataError("no image/mask pairs")
 
 
-def _header_size(path):
-    """`(width, height)` from a file's header (nothing decoded), or None if it cannot be opened."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # noqa: BLE001 - reported when the pair is decoded
-        return None
+class PairSource:
+    """Image/mask file pairs as a `kx_vision.data.sources.Source`: items `(image, mask)` decoded and validated
+    by `read_pair`. Creating it reads every file's header (in threads, nothing decoded): an image and mask of
+    different sizes stop there with one `DataError` naming both, before any training."""
+
+    sequential, in_memory, skip_kind = False, False, "unusable"
+
+    def __init__(self, pairs, num_classes, ignore_class=None, divisor=1, label_map=None, what="training",
+                 workers=None, check_sizes=True):
+        self.pairs, self.count = list(pairs), len(pairs)
+        self.args = (num_classes, ignore_class, divisor, label_map)
+        self.what = f"{what} image/mask pair"
+        self.sizes = self._sizes(workers) if check_sizes else None
+
+    def _sizes(self, workers):
+        sizes = read_sizes([path for pair in self.pairs for path in pair], workers)
+        found = []
+        for (image_path, mask_path), image_size, mask_size in zip(self.pairs, sizes[::2], sizes[1::2]):
+            if isinstance(image_size, DataError) or isinstance(mask_size, DataError):
+                continue  # reported when the pair is decoded
+            if image_size != mask_size:
+                raise _size_mismatch(image_path, image_size, mask_path, mask_size)
+            found.append(image_size)
+        return found
+
+    def keys(self, pass_index=None):
+        return range(self.count)
+
+    def name(self, key):
+        return self.pairs[key][0]
+
+    def decode(self, key):
+        return read_pair(*self.pairs[key], *self.args)
 
 
-class PairReader:
-    """Image/mask pairs decoded when asked for, validated as `load_pairs` does, optionally kept in memory.
-
-    What both segmentation pipelines read through (the tf.data one in `kx_vision.data.segmentation`, the
-    NumPy one in `kx_vision.data.segmentation_arrays`): a list of file pairs, so memory does not grow with
-    the number of images unless `cache` is on. Creating it reads every file's header (in threads, nothing
-    decoded): an image and mask of different sizes stop there with one `DataError` naming both, before any
-    training; the headers also give `decoded_bytes`, what caching the whole set would take.
+class PairReader(Items):
+    """Image/mask pairs decoded when asked for, validated as `load_pairs` does, optionally kept in memory: the
+    streaming core (`kx_vision.data.streaming.Items`) over a `PairSource` (or pairs already decoded), which both
+    segmentation pipelines read through (the tf.data one in `kx_vision.data.segmentation`, the NumPy one in
+    `kx_vision.data.segmentation_arrays`). Memory does not grow with the number of images unless `cache` is on;
+    `decoded_bytes` (from the headers) is what caching the whole set would take.
 
     `read(i)` returns the decoded pair, or None for a pair that cannot be used (an unreadable or truncated
     file, an image beyond the decompression-bomb limit, a mask holding colours or values outside the
     classes): it is remembered (never decoded again), warned about once naming the file, and counted;
-    `end_pass()` reports the count of the pass (an epoch) and starts the next. `probe()`, called when a
-    pipeline is built, stops with the first error when the first pairs read all fail (a systematic mistake,
-    e.g. 0/255 masks without `mask_divisor`), so that only a damaged file here and there is ever skipped.
-
-    Thread-safe: pipelines call `read` from worker threads.
+    `end_pass()` reports the pairs skipped in the pass (an epoch). `probe()`, called when a pipeline is
+    built, stops with the first error when the first pairs read all fail (a systematic mistake, e.g. 0/255
+    masks without `mask_divisor`), so that only a damaged file here and there is ever skipped.
     """
 
     def __init__(self, pairs, num_classes, ignore_class=None, divisor=1, cache=False, what="training",
-                 workers=None, check_sizes=True):
-        self.pairs = list(pairs)
-        self.args = (num_classes, ignore_class, divisor)
-        self.what = what
-        self.cache = bool(cache)
-        self._cached = {}
-        self._bad = {}  # index -> message
-        self._lock = threading.Lock()
-        self._pass_skipped = collections.Counter()
-        self.total_skipped = 0
-        self.decoded_bytes = None
-        if check_sizes:
-            self._check_sizes(workers)
+                 workers=None, check_sizes=True, label_map=None):
+        source = PairSource(pairs, num_classes, ignore_class, divisor, label_map, what, workers, check_sizes)
+        super().__init__(source, cache, workers, SkipLog(source.what, source.count, each=True))
+        self.decoded_bytes = None if source.sizes is None else int(decoded_mib(source.sizes, 4) * 2**20)
 
     @classmethod
     def from_arrays(cls, images, masks, what="training"):
         """A reader over pairs already decoded (`(H, W, 3)` uint8 images, `(H, W)` uint8 masks)."""
         if len(images) != len(masks):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
-        reader = cls([(f"<image {i}>", f"<mask {i}>") for i in range(len(images))], 2, what=what, cache=True,
-                     check_sizes=False)
+        items = []
         for i, (image, mask) in enumerate(zip(images, masks)):
             if image.shape[:2] != mask.shape[:2]:
                 raise ValueError(f"image {i} is {image.shape[:2]} but its mask is {mask.shape[:2]}")
-            reader._cached[i] = (np.asarray(image, np.uint8), np.asarray(mask, np.uint8).reshape(mask.shape[:2]))
-        reader.decoded_bytes = sum(image.nbytes + mask.nbytes for image, mask in reader._cached.values())
-        return reader
+            items.append((np.asarray(image, np.uint8), np.asarray(mask, np.uint8).reshape(mask.shape[:2])))
+        return pair_items(ArraySource(items, what=f"{what} image/mask pair"))
 
-    def __len__(self):
-        return len(self.pairs)
 
-    def _check_sizes(self, workers):
-        from kx_vision.data import default_workers
+def pair_items(source):
+    """The streaming core over a source of image/mask pairs: an unusable pair is warned about once, naming it,
+    as well as counted in the report of its pass."""
+    return Items(source, log=SkipLog(source.what, source.count, each=True))
 
-        with concurrent.futures.ThreadPoolExecutor(workers or default_workers() + 1) as pool:
-            sizes = list(pool.map(lambda pair: (_header_size(pair[0]), _header_size(pair[1])), self.pairs))
-        total = 0
-        for (image_path, mask_path), (image_size, mask_size) in zip(self.pairs, sizes):
-            if image_size is None or mask_size is None:
-                continue  # found unreadable when decoded
-            if image_size != mask_size:
-                raise _size_mismatch(image_path, image_size, mask_path, mask_size)
-            total += image_size[0] * image_size[1] * 4  # RGB + the mask, uint8
-        self.decoded_bytes = total
 
-    def _fail(self, index, error):
-        message = str(error)
-        with self._lock:
-            first = index not in self._bad
-            self._bad[index] = message
-            self._pass_skipped[index] += 1
-            self.total_skipped += 1
-        if first:
-            warnings.warn(f"skipping {self.what} image/mask pair {self.pairs[index][0]}: {message}", stacklevel=3)
+def open_tfds_pairs(specs, masks, cache, limit_mib, what="training", seed=0, default_split="train"):
+    """The streaming core over the images and masks of tensorflow-datasets sets (`tfds_source.TfdsSource` with
+    `masks`, a `mask_reader`): held in memory where `data.cache` says so (`streaming.hold`: `auto` decodes them
+    in order until they pass `limit_mib`), else streamed in the sets' own shuffled order (tf.data only).
+    Returns `(reader, mib)`, `mib` what was decoded into memory (0 when streamed)."""
+    from kx_vision.data import streaming, tfds_source
 
-    def read(self, index):
-        """The decoded `(image, mask)` uint8 pair `index`, or None if it cannot be used (counted)."""
-        found = self._cached.get(index)
-        if found is not None:
-            return found
-        if index in self._bad:
-            with self._lock:
-                self._pass_skipped[index] += 1
-                self.total_skipped += 1
-            return None
-        image_path, mask_path = self.pairs[index]
-        try:
-            pair = read_pair(image_path, mask_path, *self.args)
-        except DataError as error:
-            self._fail(index, error)
-            return None
-        if self.cache:
-            self._cached[index] = pair
-        return pair
-
-    def read_or_replace(self, index, rng):
-        """`read(index)`, or if that pair cannot be used, another pair drawn with `rng` (NumPy `Generator`)."""
-        pair = self.read(index)
-        while pair is None:
-            if len(self._bad) >= len(self.pairs):
-                raise DataError(f"none of the {len(self.pairs)} {self.what} image/mask pairs can be used "
-                                f"(first: {next(iter(self._bad.values()))})")
-            pair = self.read(int(rng.integers(len(self.pairs))))
-        return pair
-
-    def probe(self, count=8):
-        """Read pairs from the first until one can be used; `DataError` with the first failure if the first
-        `count` (or all) cannot: the data set, not one file, is wrong."""
-        for index in range(min(count, len(self.pairs))):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the first failure is warned about again below, if needed
-                ok = self.read(index) is not None
-            if ok:
-                with self._lock:
-                    self._pass_skipped.clear()
-                    self.total_skipped = 0
-                for bad, message in self._bad.items():
-                    warnings.warn(f"skipping {self.what} image/mask pair {self.pairs[bad][0]}: {message}",
-                                  stacklevel=2)
-                return
-        tried = min(count, len(self.pairs))
-        first = self._bad.get(0, "")
-        raise DataError(f"none of the first {tried} of {len(self.pairs)} {self.what} image/mask pairs can be "
-                        f"used; the first: {first}" if tried < len(self.pairs) else
-                        f"none of the {tried} {self.what} image/mask pairs can be used; the first: {first}")
-
-    def end_pass(self, label="epoch"):
-        """Report (one warning) the pairs skipped since the last call, and start a new count; returns how
-        many distinct pairs were skipped."""
-        with self._lock:
-            skipped, self._pass_skipped = self._pass_skipped, collections.Counter()
-        if skipped:
-            names = _names([self.pairs[i][0] for i in sorted(skipped)])
-            warnings.warn(f"{label}: skipped {len(skipped)} unusable {self.what} image/mask pair(s) of "
-                          f"{len(self.pairs)} ({names})", stacklevel=2)
-        return len(skipped)
-
-    def stream(self, indices, workers=None, rng=None, prefetch=None):
-        """Yield `(position, image, mask)` for `indices` in order, decoded ahead in `workers` threads. With
-        `rng`, an unusable pair is replaced by another drawn at random (a pass keeps its length); without,
-        it is left out."""
-        from kx_vision.data import default_workers
-
-        workers = workers or default_workers()
-        ahead = prefetch or 2 * workers
-        indices = list(indices)
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            pending = collections.deque()
-            feed = iter(enumerate(indices))
-            for position, index in feed:
-                pending.append((position, index, pool.submit(self.read, index)))
-                if len(pending) >= ahead:
-                    break
-            while pending:
-                position, index, future = pending.popleft()
-                nxt = next(feed, None)
-                if nxt is not None:
-                    pending.append((nxt[0], nxt[1], pool.submit(self.read, nxt[1])))
-                pair = future.result()
-                if pair is None and rng is not None:
-                    pair = self.read_or_replace(int(rng.integers(len(self.pairs))), rng)
-                if pair is not None:
-                    yield position, pair[0], pair[1]
+    source = tfds_source.TfdsSource(specs, f"{what} image/mask pair", seed, default_split=default_split,
+                                    masks=masks)
+    held, mib = streaming.hold([source], cache, limit_mib, channels=4)
+    return pair_items(held), mib if held.in_memory else 0.0
 
 
 def sequence_of(path):

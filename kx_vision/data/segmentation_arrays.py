@@ -7,9 +7,10 @@ threads (Keras runs `__getitem__` in `workers` threads) or read from the reader'
 antialiasing, Pillow's `BILINEAR`, the same filter as `tf.image.resize(..., antialias=True)`; the mask
 nearest-neighbour on pixel centres, as TensorFlow's), rotated within +-`rotate_degrees` (the same angle:
 `cv2.warpAffine`, bilinear / nearest, borders reflected as TensorFlow's `REFLECT`), and the image alone
-gets a random brightness/contrast change. `tests/test_segmentation_arrays.py` checks that both pipelines
-give the same result for the same parameters, and the same statistics from their own random streams
-(NumPy here, TensorFlow's stateless RNG there), so batches do not match one for one.
+gets a random brightness/contrast change: the one augmentation of `kx_vision.data.definitions`, its parameters
+drawn as the tf.data pipeline draws them (the same pairs in the same order, the same draws for each), applied
+with NumPy, OpenCV and Pillow. `tests/test_segmentation_arrays.py` checks that both pipelines give the same
+result for the same parameters, and the same statistics.
 """
 
 import math
@@ -20,24 +21,9 @@ import keras
 import numpy as np
 from PIL import Image
 
+from kx_vision.data import definitions
 from kx_vision.data.masks import PairReader
-
-MIN_CROP = 0.6  # as kx_vision.data.segmentation
-JITTER = 0.1
-
-
-def sample_augmentation(rng, height, width, min_crop=MIN_CROP, rotate_degrees=0.0):
-    """`(top, left, crop_height, crop_width, flip, angle, contrast, brightness)` drawn with `rng`, a NumPy
-    `Generator` (the distributions of `kx_vision.data.segmentation.sample_augmentation`)."""
-    fraction = rng.uniform(min_crop, 1.0, 2)
-    crop_h = max(int(height * fraction[0]), 1)
-    crop_w = max(int(width * fraction[1]), 1)
-    top = int(rng.integers(0, height - crop_h + 1))
-    left = int(rng.integers(0, width - crop_w + 1))
-    flip = bool(rng.random() < 0.5)
-    angle = float(rng.uniform(-1.0, 1.0) * rotate_degrees)
-    contrast, brightness = rng.uniform(-JITTER, JITTER, 2)
-    return top, left, crop_h, crop_w, flip, angle, float(contrast), float(brightness)
+from kx_vision.data.streaming import Items
 
 
 def _resize(image, mask, size):
@@ -57,20 +43,12 @@ def resize_pair(image, mask, size):
     return image.astype(np.float32) / np.float32(255.0), mask.astype(np.int32)[..., None]
 
 
-def rotation_matrix(angle, height, width):
-    """The 2x3 inverse map of a rotation by `angle` degrees about the image centre (the first six numbers
-    of `kx_vision.data.segmentation.rotation_transform`)."""
-    radians = math.radians(angle)
-    cos, sin = math.cos(radians), math.sin(radians)
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    return np.array([[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]], np.float64)
-
-
 def rotate_pair(image, mask, angle):
     """Rotate an `(H, W, 3)` image (bilinear; uint8 results are rounded) and an `(H, W)` uint8 mask (nearest)
     by `angle` degrees about their centre, borders reflected (edge pixel repeated)."""
     height, width = mask.shape[:2]
-    matrix = rotation_matrix(angle, height, width)
+    matrix = np.array(definitions.rotation_map(float(angle), float(height), float(width), math.cos, math.sin),
+                      np.float64).reshape(2, 3)
     flags = cv2.WARP_INVERSE_MAP
     image = cv2.warpAffine(image, matrix, (width, height), flags=flags | cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT)
@@ -79,31 +57,34 @@ def rotate_pair(image, mask, angle):
     return image, mask
 
 
+def _flip_if(x, flip):
+    return x[:, ::-1] if flip else x
+
+
+def _jitter(image, contrast, brightness):
+    """The photometric change of a uint8 image, in one pass over float32 pixels (x / 255 scaled and offset)."""
+    scale, offset = definitions.jitter_map(float(image.mean()) / 255.0, contrast, brightness)
+    out = image.astype(np.float32)
+    out *= np.float32(scale / 255.0)
+    out += np.float32(offset)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
 def apply_augmentation(image, mask, params, size, rotate=True):
     """`kx_vision.data.segmentation.apply_augmentation` in NumPy: crop, flip, resize and rotate `image`
     (H, W, 3) uint8 and `mask` (H, W) uint8 together, then jitter the image's contrast and brightness.
     Returns float32 `(h, w, 3)` in [0, 1] and int32 `(h, w, 1)`. Resizing and rotating work in 8 bits
     (TensorFlow's in float32: results differ by about one grey level, at a third of the cost)."""
-    top, left, crop_h, crop_w, flip, angle, contrast, brightness = params
-    image = image[top : top + crop_h, left : left + crop_w]
-    mask = mask[top : top + crop_h, left : left + crop_w]
-    if flip:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    image, mask = _resize(image, mask, size)
-    if rotate:
-        image, mask = rotate_pair(image, mask, angle)
-    # (x / 255 - mean) * (1 + contrast) + mean + brightness, clipped, in one pass over float32 pixels.
-    mean = float(image.mean()) / 255.0
-    out = image.astype(np.float32)
-    out *= np.float32((1.0 + contrast) / 255.0)
-    out += np.float32(mean + brightness - mean * (1.0 + contrast))
-    np.clip(out, 0.0, 1.0, out=out)
-    return out, mask.astype(np.int32)[..., None]
+    image, mask = definitions.augment_pair(image, mask, params, size, _flip_if, _resize, rotate_pair, _jitter,
+                                           rotates=rotate)
+    return image, mask.astype(np.int32)[..., None]
 
 
-def augment_pair(image, mask, rng, size, min_crop=MIN_CROP, rotate_degrees=0.0):
-    """One random augmentation of a pair (see the module docstring)."""
-    params = sample_augmentation(rng, mask.shape[0], mask.shape[1], min_crop, rotate_degrees)
+def augment_pair(image, mask, draws, size, min_crop=definitions.MIN_CROP, rotate_degrees=0.0):
+    """One augmentation of a pair (see the module docstring) from its random numbers `draws`
+    (`definitions.draw_augmentation`)."""
+    params = definitions.augmentation_params(draws, mask.shape[0], mask.shape[1], min_crop, rotate_degrees)
     return apply_augmentation(image, mask, params, size, rotate=rotate_degrees > 0)
 
 
@@ -111,11 +92,13 @@ class SegmentationBatches(keras.utils.PyDataset):
     """Batches of `(images, masks)`: float32 `(N, h, w, 3)` in [0, 1], int32 `(N, h, w, 1)` class ids.
 
     Args:
-        reader: a `kx_vision.data.masks.PairReader` (or `(images, masks)` lists of decoded uint8 arrays).
+        reader: the streaming core over the pairs (`kx_vision.data.masks.PairReader`, read by index; or
+            `(images, masks)` lists of decoded uint8 arrays).
         image_size: `(h, w)` of the batches.
         batch_size: pairs per batch.
-        seed: epoch `e` is shuffled by `numpy.random.default_rng((seed, e))`; item `n` of batch `i` is
-            augmented with `default_rng((seed, e, i, n))`, so any worker order gives the same batches.
+        seed: epoch `e` is shuffled by `rng = numpy.random.default_rng((seed, e))`, which then draws the
+            augmentations of the epoch's positions (as in the tf.data pipeline); an unusable pair `n` of batch
+            `i` is replaced with `default_rng((seed, e, i, n))`, so any worker order gives the same batches.
         training: shuffle, augment (if `augment`) and drop the last incomplete batch (as tf.data's
             `drop_remainder`; all pairs in one batch when there are fewer than `batch_size`); a pair that
             cannot be used is replaced by another drawn at random, and those skipped are reported at the
@@ -128,20 +111,22 @@ class SegmentationBatches(keras.utils.PyDataset):
     def __init__(self, reader, image_size, batch_size, seed=0, training=True, augment=True, rotate_degrees=0.0,
                  **kwargs):
         super().__init__(**kwargs)
-        self.reader = reader if isinstance(reader, PairReader) else PairReader.from_arrays(*reader)
+        self.reader = reader if isinstance(reader, Items) else PairReader.from_arrays(*reader)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.training, self.augment = bool(training), bool(augment) and bool(training)
         self.rotate_degrees = float(rotate_degrees)
         self.epoch = 0
         self._lock = threading.Lock()
-        self._order = self._shuffled()
+        self._order, self._draws = self._shuffled()
 
     def _shuffled(self):
+        """The order of the epoch's pairs and the random numbers of their augmentations."""
         count = len(self.reader)
         if not self.training:
-            return np.arange(count)
-        return np.random.default_rng((self.seed, self.epoch)).permutation(count)
+            return np.arange(count), None
+        rng = np.random.default_rng((self.seed, self.epoch))
+        return rng.permutation(count), definitions.draw_augmentation(rng, count)
 
     def __len__(self):
         count = len(self.reader)
@@ -153,7 +138,7 @@ class SegmentationBatches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         with self._lock:
-            order, epoch = self._order, self.epoch
+            order, draws, epoch = self._order, self._draws, self.epoch
         ids = order[index * self.batch_size : (index + 1) * self.batch_size]
         images = np.empty((len(ids), *self.image_size, 3), np.float32)
         masks = np.empty((len(ids), *self.image_size, 1), np.int32)
@@ -161,7 +146,8 @@ class SegmentationBatches(keras.utils.PyDataset):
             rng = np.random.default_rng((self.seed, epoch if self.training else 0, index, n))
             image, mask = self.reader.read_or_replace(int(i), rng)
             if self.augment:
-                images[n], masks[n] = augment_pair(image, mask, rng, self.image_size, rotate_degrees=self.rotate_degrees)
+                images[n], masks[n] = augment_pair(image, mask, draws[index * self.batch_size + n], self.image_size,
+                                                   rotate_degrees=self.rotate_degrees)
             else:
                 images[n], masks[n] = resize_pair(image, mask, self.image_size)
         return images, masks
@@ -169,5 +155,5 @@ class SegmentationBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         with self._lock:
             self.epoch += 1
-            self._order = self._shuffled()
+            self._order, self._draws = self._shuffled()
         self.reader.end_pass("this epoch" if self.training else "validation")

@@ -1,161 +1,286 @@
-"""Training patches streamed from image files: one plan for the tf.data and the `PyDataset` pipelines.
+"""The streaming and caching core of every training pipeline: items of a `kx_vision.data.sources.Source`
+decoded by worker threads (`Items`), made into a stream of training patches (`PatchStream`) or read whole
+(segmentation pairs: `kx_vision.data.masks.PairReader`, `kx_vision.data.segmentation`).
 
-Memory does not grow with the number of images. The files are listed and their headers read (sizes,
-nothing decoded); then, pass after pass over the list:
+Memory does not grow with the number of images. The items are listed (folders: their headers read, nothing
+decoded); then, pass after pass over them:
 
-- each pass visits every image once, in an order shuffled per pass (seeded by `(seed, pass)`): images
-  are drawn uniformly, as EDSR samples (not weighted by area), without replacement within a pass;
+- each pass visits every item once, in an order shuffled per pass (seeded by `(seed, pass)`; a sequential
+  source, a tensorflow-datasets set, in its own seeded order): images are drawn uniformly, as EDSR samples
+  (not weighted by area), without replacement within a pass;
 - an image is decoded by a worker thread (Pillow releases the GIL while it decodes) and gives
   `patches_per_image` random crops (BasicSR's sub-images without the preparation step: decoding a 2K
   PNG for one 48 px patch is wasteful) and a dihedral index (0-7) for each, all drawn from
   `numpy.random.default_rng((seed, 1, pass, position))`; the decoded image is then dropped;
 - the patches of a *window* of consecutive images (about `WINDOW_BATCHES` batches of patches) are
-  shuffled together, so the patches of one image spread over several batches; windows never straddle a
-  pass;
+  shuffled together (`default_rng((seed, 2, pass, window))`), so the patches of one image spread over several
+  batches; windows never straddle a pass;
 - batch `g` of the stream is patches `g * batch_size` to `(g + 1) * batch_size`.
 
-The stream is a pure function of the seed and the files: any batch can be computed alone, in any
-order, by any thread, which is what a `keras.utils.PyDataset` asks for; the tf.data pipeline reads the
-same windows in order, so both pipelines make the same batches (they differ only in how the LR input is
-rounded: see `kx_vision.data.arrays`). A window's images are decoded in parallel when it is first asked
-for, and the `PyDataset` starts the next window at the same time (tf.data asks for two at a time), so
-decoding overlaps training; a few windows are kept for batches that straddle two. Memory holds those
-windows' patches and one decoded image per decoding thread, whatever the number of files.
+The stream of a source read by index is a pure function of the seed and the files: any batch can be computed
+alone, in any order, by any thread, which is what a `keras.utils.PyDataset` asks for; the tf.data pipeline
+reads the same windows in order, so both pipelines make the same batches (they differ only in how the LR input
+is rounded: see `kx_vision.data.arrays`). A window's images are decoded in parallel when it is first asked
+for, and the next window starts at the same time, so decoding overlaps training; a few windows are kept for
+batches that straddle two. Memory holds those windows' patches and one decoded image per decoding thread,
+whatever the number of files. A sequential source is read window after window, in order (tf.data only); a new
+reader goes on where the last one stopped.
 
-With `images` given (the in-memory cache, `data.cache`), the same plan crops the decoded arrays instead
+With the items held in memory (`data.cache`: an `ArraySource`), the same plan crops the decoded arrays instead
 of files: caching changes the speed, not the batches.
 
-A file that cannot be decoded in the middle of a stream (damaged after its header) does not stop the
-run: it is skipped, remembered (never read again), its patches come from the next readable image of the
-pass, and `report()` (called by the pipelines at the end of each epoch) prints one warning line about the
-files found since the last report.
+What cannot be used is skipped and goes to the stream's one `kx_vision.data.skips.SkipLog`: a file that cannot
+be decoded in the middle of a stream (damaged after its header) is remembered (never read again) and its
+patches come from the next readable image of the pass; an image of a sequential source that cannot be decoded,
+or (with `skip_small`) is smaller than the patch, is left out. `report()`, called by the pipelines at the end
+of each epoch, warns in one line per kind about what the epoch skipped.
 """
 
 import collections
 import concurrent.futures
+import itertools
 import math
 import os
 import threading
+import weakref
+from typing import NamedTuple
 
 import numpy as np
 
+from kx_vision.data import default_workers, sources
 from kx_vision.data.definitions import NUM_DIHEDRAL
-from kx_vision.errors import DataError
+from kx_vision.data.skips import SkipLog
+from kx_vision.data.sources import ArraySource, FolderSource
+from kx_vision.errors import ConfigError, DataError
 
-CACHE_MODES = ("auto", "always", "never")
-# `data.cache=auto` keeps the decoded images in memory when they take at most this many MiB (width x height x
-# 3 bytes each, from the file headers). 128 MiB holds the 291 images of T91 + BSD200 (104 MiB), where the
-# cache is faster, and bounds what caching can add to a run's memory; DIV2K (800 2K images, ~5.5 GiB) streams.
-CACHE_LIMIT_MIB = 128
 # The patches of about this many batches are shuffled together (see the module docstring).
 WINDOW_BATCHES = 8
 # Windows kept decoded (as patches) for batches that straddle two, and for the one decoded ahead.
 KEPT_WINDOWS = 4
+# Items `Items.probe` reads at most, looking for one that can be used, before it calls the data set wrong.
+PROBED_ITEMS = 8
+_END = object()
 
 
-def decoded_mib(sizes):
-    """MiB that images of `(width, height)` sizes take decoded (uint8 RGB)."""
-    return sum(int(w) * int(h) * 3 for w, h in sizes) / 2**20
+class Items:
+    """The items of a `Source`, decoded when asked for (by the caller, or ahead by `workers` threads), an
+    unusable one (its `DataError`) skipped through `log` and never decoded again, kept in memory once decoded
+    when `cache` is on. Thread-safe."""
+
+    def __init__(self, source, cache=False, workers=None, log=None):
+        self.source, self.cache = source, bool(cache)
+        self.workers = workers or default_workers()
+        self.log = log or SkipLog(source.what, source.count)
+        self.decodes = 0  # items decoded so far
+        self._cached = {}
+        self._lock = threading.Lock()
+        self._pool = None
+
+    def __len__(self):
+        return self.source.count
+
+    def read(self, key):
+        """The decoded item `key`, or None if it cannot be used (skipped, counted in this pass)."""
+        item, error = self.attempt(key)
+        if error is not None:
+            self.log.skip(self.source.name(key), error, self.source.skip_kind)
+        return item
+
+    def attempt(self, key):
+        """`(item, None)`, or `(None, message)` where item `key` cannot be used (for the caller to log:
+        `read` does), or `(None, None)` for an item known to be unusable (counted again)."""
+        if self.source.in_memory:  # a lookup, which cannot fail
+            with self._lock:
+                self.decodes += 1
+            return self.source.decode(key), None
+        if self.cache:
+            found = self._cached.get(key)
+            if found is not None:
+                return found, None
+        # A sequential source's names need not differ (nor is an item read twice in a pass).
+        if not self.source.sequential and self.log.known(self.source.name(key)):
+            return None, None
+        try:
+            item = self.source.decode(key)
+        except DataError as error:  # unreadable, truncated, beyond the decompression-bomb limit, a wrong mask
+            return None, str(error)
+        with self._lock:
+            self.decodes += 1
+        if self.cache:
+            self._cached[key] = item
+        return item, None
+
+    def read_or_replace(self, index, rng):
+        """`read(index)`, or if that item cannot be used, another drawn with `rng` (a NumPy `Generator`)."""
+        item = self.read(index)
+        while item is None:
+            if len(self.log.skipped) >= self.source.count:
+                raise DataError(f"none of the {self.source.count} {self.source.what}s can be used "
+                                f"(first: {self.log.first()})")
+            item = self.read(int(rng.integers(self.source.count)))
+        return item
+
+    def probe(self, count=PROBED_ITEMS):
+        """Read items from the first until one can be used; `DataError` with the first failure if the first
+        `count` (or all) cannot: the data set, not one file, is wrong."""
+        keys = list(itertools.islice(self.source.keys(None), count))
+        with self.log.muted():  # the failures are warned about below, once the set is known to be usable
+            usable = any(self.read(key) is not None for key in keys)
+        if usable:
+            self.log.restart()
+            return
+        total, what = self.source.count, self.source.what
+        first = f"none of the {len(keys)} {what}s" if total == len(keys) else \
+            f"none of the first {len(keys)}{'' if total is None else f' of {total}'} {what}s"
+        raise DataError(f"{first} can be used; the first: {self.log.first()}")
+
+    def end_pass(self, label="this epoch"):
+        """Report (one warning per kind) what was skipped since the last call; how many items that was."""
+        return self.log.report(label)
+
+    def submit(self, function, *args):
+        """Run `function(*args)` in a worker thread: a `Future`."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="kx_decode")
+            pool = self._pool
+        return pool.submit(function, *args)
+
+    def _decoded(self, keys, ahead=None):
+        """`(position, key, item or None)` for `keys` in order, read `ahead` items ahead by the worker threads."""
+        keys, pending = iter(keys), collections.deque()
+        for _ in range(ahead or 2 * self.workers):
+            key = next(keys, _END)
+            if key is _END:
+                break
+            pending.append((key, self.submit(self.read, key)))
+        position = 0
+        while pending:
+            key, future = pending.popleft()
+            following = next(keys, _END)
+            if following is not _END:
+                pending.append((following, self.submit(self.read, following)))
+            yield position, key, future.result()
+            position += 1
+
+    def stream(self, keys, rng=None):
+        """Yield `(position, item)` for `keys` in order, decoded ahead by the worker threads. An item that cannot
+        be used is left out; with `rng`, replaced so that a pass keeps its length (by another drawn with `rng`;
+        from a sequential source, by the previous usable item)."""
+        last, owed = None, []
+        for position, _, item in self._decoded(keys):
+            if item is None and rng is not None:
+                if not self.source.sequential:
+                    item = self.read_or_replace(int(rng.integers(self.source.count)), rng)
+                elif last is not None:
+                    item = last
+                else:
+                    owed.append(position)
+                    continue
+            if item is None:
+                continue
+            for earlier in owed:
+                yield earlier, item
+            owed, last = [], item
+            yield position, item
+        if owed:
+            raise DataError(f"none of the {len(owed)} {self.source.what}s of a pass can be used (first: "
+                            f"{self.log.first()})")
+
+    def decode_all(self, limit_mib=None, check=None):
+        """Every usable item in the source's stored order, decoded by the worker threads: `(names, items, mib)`,
+        or None as soon as their decoded size passes `limit_mib`. `check(name, item)`: False leaves an item out
+        (or it raises)."""
+        names, items, mib = [], [], 0.0
+        # Under a limit, one item at a time: decoding ahead would read past it.
+        for _, key, item in self._decoded(self.source.keys(None), ahead=1 if limit_mib is not None else None):
+            if item is None or (check is not None and not check(self.source.name(key), item)):
+                continue
+            mib += sources.item_mib(item)
+            if limit_mib is not None and mib > limit_mib:
+                return None
+            names.append(self.source.name(key))
+            items.append(item)
+        return names, items, mib
+
+    def close(self):
+        """Stop the worker threads (a new request starts them again)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
-def use_cache(mode, sizes, limit_mib=CACHE_LIMIT_MIB):
-    """Whether `data.cache=mode` keeps the decoded images in memory: always, never, or (auto) when their
-    decoded size is at most `limit_mib`."""
-    if mode not in CACHE_MODES:
-        raise ValueError(f"cache mode must be one of {CACHE_MODES}, got {mode!r}")
-    if mode == "auto":
-        return decoded_mib(sizes) <= limit_mib
-    return mode == "always"
-
-
-def upscaled_size(width, height, min_side):
-    """`(width, height)` of an image whose short side is raised to `min_side` (bicubic, aspect kept), as
-    `upscale_to` makes it; unchanged when it is at least `min_side` already."""
-    short = min(width, height)
-    if not min_side or short >= min_side:
-        return width, height
-    factor = min_side / short
-    return max(min_side, math.ceil(width * factor)), max(min_side, math.ceil(height * factor))
-
-
-def upscale_to(image, min_side):
-    """An `(H, W, 3)` uint8 image with its short side raised to `min_side` by Pillow's bicubic
-    (style transfer's content images, so every crop fits); unchanged when already that large."""
-    from PIL import Image
-
-    height, width = image.shape[:2]
-    size = upscaled_size(width, height, min_side)
-    if size == (width, height):
-        return image
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BICUBIC))
-
-
-def default_decoders():
-    """Threads decoding images: one per core, at most 16."""
-    return max(1, min(16, os.cpu_count() or 1))
+def too_small(what, name, width, height, size):
+    """The `DataError` of an image found smaller than the patch only when decoded."""
+    return DataError(f"{what} {name} is {width}x{height}, smaller than the {size}x{size} patch size; lower "
+                     "data.patch_size or set data.skip_small=true to skip such images")
 
 
 class PatchStream:
-    """The endless, seeded stream of training patches of a set of images (see the module docstring).
+    """The endless, seeded stream of training patches of a `Source` (see the module docstring).
 
     Args:
-        paths: image files (names used in messages; decoded when needed unless `images` is given).
-        sizes: `(width, height)` of each file, from its header (`kx_vision.data.images.scan_images`).
-        patch_size: side of the square patches; every image (after `min_side`) must be at least this.
+        source: the images (`kx_vision.data.sources`); each (after any `min_side`) at least the patch.
+        patch_size: side of the square patches.
         batch_size: patches per batch.
         patches_per_image: crops taken from each decoded image.
         seed: seed of the order, crops, transforms and shuffles.
-        images: the decoded images (`(H, W, 3)` uint8), to crop from memory instead of decoding files.
-        min_side: raise each image's short side to this first (bicubic), as style transfer does.
-        what: words for messages ("training image").
-        decoders: threads decoding images (default: one per core).
+        skip_small: skip (counted, reported per epoch) images that decoding finds smaller than the patch,
+            instead of stopping (sources whose sizes only decoding tells).
+        workers: threads decoding images (default: `kx_vision.data.default_workers()`).
     """
 
-    def __init__(self, paths, sizes, patch_size, batch_size, patches_per_image=1, seed=0, images=None,
-                 min_side=None, what="training image", decoders=None):
-        if not len(paths):
-            raise DataError(f"no {what} to train on")
-        self.paths, self.images = list(paths), images
-        self.sizes = [upscaled_size(w, h, min_side) for w, h in sizes]
+    def __init__(self, source, patch_size, batch_size, patches_per_image=1, seed=0, skip_small=False,
+                 workers=None):
+        self.source, self.what = source, source.what
         self.patch_size, self.batch_size = int(patch_size), int(batch_size)
-        self.patches_per_image, self.seed = int(patches_per_image), int(seed)
-        self.min_side, self.what = min_side, what
-        small = [p for p, (w, h) in zip(self.paths, self.sizes) if min(w, h) < self.patch_size]
+        self.patches_per_image, self.seed, self.skip_small = int(patches_per_image), int(seed), bool(skip_small)
+        count, self.sizes = source.count, source.sizes
+        if not source.sequential and not count:
+            raise DataError(f"no {self.what} to train on")
+        small = [i for i, (w, h) in enumerate(self.sizes or []) if min(w, h) < self.patch_size]
         if small:
-            raise DataError(f"{what} {small[0]} is smaller than the {self.patch_size}x{self.patch_size} patch "
-                            f"size ({len(small)} such image(s))")
-        count = len(self.paths)
+            raise DataError(f"{self.what} {source.name(small[0])} is smaller than the {self.patch_size}x"
+                            f"{self.patch_size} patch size ({len(small)} such image(s))")
+        self.items = Items(source, workers=workers, log=SkipLog(self.what, count, patch=self.patch_size))
         # Images per window: about WINDOW_BATCHES batches of patches, and never more than a pass.
-        self.window_images = min(count, max(1, math.ceil(WINDOW_BATCHES * self.batch_size / self.patches_per_image)))
-        self.windows_per_pass = math.ceil(count / self.window_images)
-        self.patches_per_pass = count * self.patches_per_image
-        self.decoders = decoders or default_decoders()
-        self.decodes = 0  # images decoded (or cropped from memory) so far
+        wanted = max(1, math.ceil(WINDOW_BATCHES * self.batch_size / self.patches_per_image))
+        self.window_images = min(count, wanted) if count else wanted
+        if not source.sequential:
+            self.windows_per_pass = math.ceil(count / self.window_images)
+            self.patches_per_pass = count * self.patches_per_image
         self._lock = threading.Lock()
         self._windows = collections.OrderedDict()  # window id -> _Window
         self._orders = collections.OrderedDict()  # pass -> permutation
-        self._pool = None
-        self._bad = {}  # path -> message: files found unreadable while streaming
-        self._reported = 0  # how many of them report() has already announced
+        self._reader = _SequentialReader(self) if source.sequential else None
 
     @classmethod
     def from_arrays(cls, images, patch_size, batch_size, patches_per_image=1, seed=0, min_side=None,
                     what="image"):
         """A stream over decoded images held in memory (names `<image i>` in messages)."""
-        images = [upscale_to(image, min_side) for image in images] if min_side else list(images)
-        small = [i for i, image in enumerate(images) if min(image.shape[:2]) < patch_size]
-        if small:
-            raise ValueError(f"images {small[:5]} are smaller than the {patch_size}x{patch_size} patch size")
-        return cls([f"<image {i}>" for i in range(len(images))], [image.shape[1::-1] for image in images],
-                   patch_size, batch_size, patches_per_image, seed, images=images, what=what)
+        from kx_vision.data.sources import upscale_to
+
+        images = [upscale_to(image, min_side) for image in images] if min_side else images
+        return cls(ArraySource(images, what=what), patch_size, batch_size, patches_per_image, seed)
 
     @property
     def cached(self):
         """Whether patches are cropped from decoded images held in memory."""
-        return self.images is not None
+        return self.source.in_memory
+
+    @property
+    def images(self):
+        """The decoded images held in memory, or None."""
+        return self.source.items if self.source.in_memory else None
+
+    @property
+    def decodes(self):
+        """Images decoded (or looked up in memory) so far."""
+        return self.items.decodes
 
     def __len__(self):
-        return len(self.paths)
+        return self.source.count
 
     # --- the plan ---
 
@@ -164,7 +289,7 @@ class PatchStream:
         with self._lock:
             order = self._orders.get(pass_index)
             if order is None:
-                order = np.random.default_rng((self.seed, 0, pass_index)).permutation(len(self.paths))
+                order = np.random.default_rng((self.seed, 0, pass_index)).permutation(self.source.count)
                 self._orders[pass_index] = order
                 while len(self._orders) > 4:
                     self._orders.popitem(last=False)
@@ -174,7 +299,7 @@ class PatchStream:
         """`(pass, first, stop)`: window `window_id` holds the images at positions `first:stop` of its pass."""
         pass_index, window = divmod(int(window_id), self.windows_per_pass)
         first = window * self.window_images
-        return pass_index, first, min(first + self.window_images, len(self.paths))
+        return pass_index, first, min(first + self.window_images, self.source.count)
 
     def batch(self, index):
         """Batch `index` of the stream: `(patches, dihedral)`, uint8 `(batch_size, P, P, 3)` patches as
@@ -182,7 +307,9 @@ class PatchStream:
         return self.patches(int(index) * self.batch_size, self.batch_size)
 
     def patches(self, start, count):
-        """Patches `start:start + count` of the stream, as `batch` returns them."""
+        """Patches `start:start + count` of the stream, as `batch` returns them (not for a sequential source)."""
+        if self.source.sequential:
+            raise DataError(f"{self.what}s of a sequential source are read in order, by tf.data only")
         per_window = self.window_images * self.patches_per_image
         parts, dihedral = [], []
         position, end = int(start), int(start) + int(count)
@@ -209,7 +336,7 @@ class PatchStream:
                 entry = self._windows[window_id] = _Window(self, window_id)
             self._windows.move_to_end(window_id)
             ahead = None
-            if prefetch and self.images is None and window_id + 1 not in self._windows:
+            if prefetch and not self.source.in_memory and window_id + 1 not in self._windows:
                 ahead = self._windows[window_id + 1] = _Window(self, window_id + 1)
             while len(self._windows) > KEPT_WINDOWS:
                 self._windows.popitem(last=False)
@@ -223,18 +350,23 @@ class PatchStream:
                     del self._windows[window_id]
         return result
 
+    def resume(self):
+        """The window a new reader starts at: 0 (any window can be made again), or for a sequential source the
+        first one not yet taken (those taken ahead of a reader that stopped are dropped)."""
+        return 0 if self._reader is None else self._reader.resume()
+
     # --- decoding ---
 
-    def _submit(self, pass_index, position):
-        if self.images is not None:  # cropping from memory: cheaper than handing the work to a thread
-            done = concurrent.futures.Future()
-            done.set_result(self._image_patches(pass_index, position))
-            return done
-        with self._lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self.decoders, thread_name_prefix="kx_decode")
-            pool = self._pool
-        return pool.submit(self._image_patches, pass_index, position)
+    def _start(self, window_id):
+        """`(pass, window of the pass, jobs)`: the jobs making window `window_id`'s patches."""
+        if self._reader is not None:
+            return self._reader.start(window_id)
+        pass_index, first, stop = self.window_span(window_id)
+        if self.source.in_memory:  # cropping from memory: cheaper than handing the work to a thread
+            jobs = [_Done(self._image_patches(pass_index, position)) for position in range(first, stop)]
+        else:
+            jobs = [self.items.submit(self._image_patches, pass_index, position) for position in range(first, stop)]
+        return pass_index, window_id % self.windows_per_pass, jobs
 
     def _image_patches(self, pass_index, position):
         """The crops of the image at `position` of pass `pass_index` (or, if that file cannot be decoded,
@@ -244,76 +376,105 @@ class PatchStream:
         rng = np.random.default_rng((self.seed, 1, pass_index, position))
         for step in range(count):
             index = int(order[(position + step) % count])
-            if self.paths[index] in self._bad:
-                continue
-            try:
-                image = self._decode(index)
-            except DataError as error:  # unreadable, truncated, beyond the decompression-bomb limit
-                with self._lock:
-                    self._bad.setdefault(self.paths[index], str(error))
-                continue
-            return self._crop(image, index, rng)
-        raise DataError(f"none of the {count} {self.what} files could be read (first: {self.paths[0]}: "
-                        f"{self._bad.get(self.paths[0], '')})")
+            image = self.items.read(index)
+            if image is not None:
+                return self._crop(image, index, rng)
+        raise DataError(f"none of the {count} {self.what} files could be read (first: {self.source.name(0)}: "
+                        f"{self.items.log.skipped.get(self.source.name(0), '')})")
 
-    def _decode(self, index):
-        from kx_vision.data.images import load_image_view
-
-        with self._lock:
-            self.decodes += 1
-        if self.images is not None:
-            return self.images[index]
-        # Only crops are taken: an uncompressed BMP is read, not decoded (`load_image_view`).
-        return upscale_to(load_image_view(self.paths[index]), self.min_side)
-
-    def _crop(self, image, index, rng):
+    def _crop(self, image, key, rng):
+        """`(patches, dihedral)` of `image`; where it is smaller than the patch, a `DataError`, or (only decoding
+        told its size, `skip_small`) a `_Skip`."""
         size, count = self.patch_size, self.patches_per_image
         height, width = image.shape[:2]
-        if min(height, width) < size:  # the header said otherwise: the file changed since it was listed
-            raise DataError(f"{self.what} {self.paths[index]} is {width}x{height}, smaller than the "
-                            f"{size}x{size} patch size; remove it or lower the patch size")
+        if min(height, width) < size:
+            name = self.source.name(key)
+            if self.sizes is not None:  # the header said otherwise: the file changed since it was listed
+                raise DataError(f"{self.what} {name} is {width}x{height}, smaller than the {size}x{size} patch "
+                                "size; remove it or lower the patch size")
+            error = too_small(self.what, name, width, height, size)
+            if not self.skip_small:
+                raise error
+            return _Skip(name, str(error).partition(";")[0], "small")
         tops = rng.integers(height - size + 1, size=count)
         lefts = rng.integers(width - size + 1, size=count)
         dihedral = rng.integers(NUM_DIHEDRAL, size=count).astype(np.int32)
         patches = np.stack([image[top : top + size, left : left + size] for top, left in zip(tops, lefts)])
         return patches, dihedral
 
-    # --- bad files ---
+    def _assemble(self, pass_index, number, results):
+        """The patches of a window's images, shuffled together; what was skipped (`_Skip`) logged in order."""
+        parts = []
+        for result in results:
+            if isinstance(result, _Skip):
+                self.items.log.skip(*result)
+            else:
+                parts.append(result)
+        if not parts:
+            size = self.patch_size
+            return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int32)
+        patches = np.concatenate([p for p, _ in parts])
+        dihedral = np.concatenate([k for _, k in parts])
+        if len(patches) > 1:
+            permutation = np.random.default_rng((self.seed, 2, pass_index, number)).permutation(len(patches))
+            patches, dihedral = patches[permutation], dihedral[permutation]
+        return patches, dihedral
+
+    # --- what was skipped ---
 
     @property
     def skipped(self):
-        """`{path: message}` of the files found unreadable while streaming (skipped ever since)."""
-        with self._lock:
-            return dict(self._bad)
+        """`{name: message}` of the images skipped so far."""
+        return self.items.log.skipped
+
+    @property
+    def small(self):
+        """Times images were skipped for being smaller than the patch (each pass that met them)."""
+        return self.items.log.events("small")
+
+    @property
+    def unreadable(self):
+        """Times images were skipped because they could not be decoded (each pass that met them)."""
+        return self.items.log.events("unreadable", "undecodable")
 
     def report(self, when="this epoch"):
-        """Print one warning line about the files found unreadable since the last report (a Python warning
-        would add a line of source); returns how many there were."""
-        with self._lock:
-            found = list(self._bad.items())[self._reported :]
-            self._reported += len(found)
-            total = len(self._bad)
-        if found:
-            print(f"warning: skipped {len(found)} unreadable {self.what} file(s) {when} ({total} of "
-                  f"{len(self.paths)} so far; their patches came from other images), first: {found[0][1]}",
-                  flush=True)
-        return len(found)
+        """Warn (one line per kind) about what was skipped since the last report; returns how many images."""
+        return self.items.log.report(when)
 
     def close(self):
         """Stop the decoding threads (a new request starts them again)."""
         with self._lock:
-            pool, self._pool = self._pool, None
             self._windows.clear()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if self._reader is not None:
+            self._reader.resume()
+        self.items.close()
 
     def __repr__(self):
-        return (f"PatchStream({len(self.paths)} images, {'cached' if self.cached else 'streamed'}, "
+        count = "?" if self.source.count is None else self.source.count
+        return (f"PatchStream({count} images, {'cached' if self.cached else 'streamed'}, "
                 f"patch {self.patch_size}, batch {self.batch_size}, {self.patches_per_image} per image)")
 
 
+class _Skip(NamedTuple):
+    """An image a window left out, logged when the window is assembled (in the order of the pass)."""
+
+    name: str
+    message: str
+    kind: str
+
+
+class _Done:
+    """A job already done (a crop from memory)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
 class _Window:
-    """One window: its image jobs (submitted by `start`), assembled once into shuffled patches."""
+    """One window: its image jobs (started by `start`), assembled once into shuffled patches."""
 
     def __init__(self, stream, window_id):
         self.stream, self.window_id = stream, window_id
@@ -323,53 +484,191 @@ class _Window:
     def start(self):
         with self.lock:
             if self.jobs is None and self.value is None:
-                pass_index, first, stop = self.stream.window_span(self.window_id)
-                self.jobs = [self.stream._submit(pass_index, position) for position in range(first, stop)]
+                self.pass_index, self.number, self.jobs = self.stream._start(self.window_id)
 
     def result(self):
         self.start()
         with self.lock:
             if self.value is None:
-                parts = [job.result() for job in self.jobs]
-                patches = np.concatenate([p for p, _ in parts])
-                dihedral = np.concatenate([k for _, k in parts])
-                if len(patches) > 1:
-                    pass_index, window = divmod(self.window_id, self.stream.windows_per_pass)
-                    shuffle = np.random.default_rng((self.stream.seed, 2, pass_index, window))
-                    permutation = shuffle.permutation(len(patches))
-                    patches, dihedral = patches[permutation], dihedral[permutation]
-                self.value = (patches, dihedral)
+                results = [job.result() for job in self.jobs]
+                self.value = self.stream._assemble(self.pass_index, self.number, results)
                 self.jobs = None
+                if self.stream._reader is not None:
+                    self.stream._reader.done(self.pass_index, len(self.value[0]))
             return self.value
 
 
-def open_stream(folders, patch_size, batch_size, patches_per_image=1, seed=0, cache="auto",
-                cache_limit_mib=CACHE_LIMIT_MIB, min_side=None, skip_small=False, what="training image"):
-    """A `PatchStream` over the images of `folders`: listed, their headers read (unreadable ones skipped
-    with a warning; one smaller than the patch refused, or skipped with `skip_small`), and decoded into
-    memory first if `use_cache(cache, sizes, cache_limit_mib)` says so (else as the stream goes).
+class _SequentialReader:
+    """Windows of a sequential source, assigned its examples in window order (tf.data asks for them in order,
+    a few at a time) from one pass after another; a pass from which no patch came stops the stream."""
+
+    def __init__(self, stream):
+        self.stream = weakref.proxy(stream)  # no cycle: the stream, and the set iterator held here, go when unused
+        self.lock = threading.Lock()
+        self.next_window, self.assigned = 0, {}  # window id -> (pass, number, jobs), started ahead of its turn
+        self.pass_index, self.keys, self.position, self.number = -1, None, 0, 0
+        self.passes = {}  # pass -> [windows, windows done, patches, ended, images]
+
+    def resume(self):
+        with self.lock:
+            self.assigned.clear()
+            return self.next_window
+
+    def start(self, window_id):
+        with self.lock:
+            while self.next_window <= window_id:
+                self.assigned[self.next_window] = self._next()
+                self.next_window += 1
+            return self.assigned.pop(window_id)
+
+    def _next(self):
+        stream = self.stream
+        while True:
+            if self.keys is None:
+                self.pass_index += 1
+                self.keys, self.position, self.number = iter(stream.source.keys(self.pass_index)), 0, 0
+                self.passes[self.pass_index] = [0, 0, 0, False, 0]
+            pass_index, tally = self.pass_index, self.passes[self.pass_index]
+            keys = list(itertools.islice(self.keys, stream.window_images))
+            tally[4] += len(keys)
+            if keys:
+                jobs = [stream.items.submit(self._patches, pass_index, self.position + i, key)
+                        for i, key in enumerate(keys)]
+                self.position += len(keys)
+                self.number += 1
+                tally[0] += 1
+            if len(keys) < stream.window_images:  # the end of the pass
+                self.keys, tally[3] = None, True
+                if not tally[0]:
+                    raise DataError(f"{stream.source.description} has no {stream.what}")
+                self._check(pass_index)
+            if keys:
+                return pass_index, self.number - 1, jobs
+
+    def _patches(self, pass_index, position, key):
+        stream = self.stream
+        image, error = stream.items.attempt(key)
+        if image is None:
+            return _Skip(stream.source.name(key), error, stream.source.skip_kind)
+        return stream._crop(image, key, np.random.default_rng((stream.seed, 1, pass_index, position)))
+
+    def done(self, pass_index, patches):
+        with self.lock:
+            tally = self.passes[pass_index]
+            tally[1] += 1
+            tally[2] += patches
+            self._check(pass_index)
+
+    def _check(self, pass_index):
+        """At the end of a pass: a `DataError` if none of its images gave patches."""
+        windows, done, patches, ended, images = self.passes[pass_index]
+        if not (ended and done == windows):
+            return
+        del self.passes[pass_index]
+        if patches:
+            return
+        stream = self.stream
+        log = stream.items.log
+        if log.events("small") == 0 and log.events("undecodable"):
+            raise DataError(f"none of the {images} {stream.what}s of {stream.source.description} could be decoded "
+                            f"(first: {log.first()})")
+        raise DataError(f"no {stream.what} of {stream.source.description} is at least {stream.patch_size} pixels "
+                        "on its short side")
+
+
+def open_stream(entries, patch_size, batch_size, patches_per_image=1, seed=0, cache="auto",
+                cache_limit_mib=sources.CACHE_LIMIT_MIB,
+                min_side=None, skip_small=False, what="training image", pipeline="tf_data", key="data.train",
+                default_split="train"):
+    """A `PatchStream` over the images of config key `key`'s `entries`: image folders (listed, their headers
+    read: unreadable ones skipped with a warning; one smaller than the patch refused, or skipped with
+    `skip_small`) and tensorflow-datasets sets (`tfds:NAME[/CONFIG][:SPLIT]`, `default_split` where none is
+    named; tf.data only: `pipeline`). Held in memory (decoded first) where `data.cache=cache` says so, else
+    decoded as the stream goes (see `hold`). `min_side` raises each image's short side to it first (style
+    transfer's content images), so none is too small. Folders and tfds sets mix only when held in memory.
 
     Returns `(stream, note)`, `note` one line saying what was decided and why."""
-    from kx_vision.data.images import list_images, load_images, scan_images
+    from kx_vision.data import tfds_source
 
-    paths = list_images(folders)
-    min_size = None if min_side else patch_size  # images are raised to min_side, so none is too small
-    paths, sizes = scan_images(paths, min_size=min_size, what=what, skip_small=skip_small)
-    planned = [upscaled_size(w, h, min_side) for w, h in sizes]
-    mib = decoded_mib(planned)
-    images = None
-    if use_cache(cache, planned, cache_limit_mib):
-        images, paths = load_images(paths, what=what)
-        if min_side:
-            images = [upscale_to(image, min_side) for image in images]
-        sizes = [image.shape[1::-1] for image in images]
-        how = "decoded into memory"
-    else:
-        how = "streamed from the files"
-    reason = (f"data.cache={cache}" if cache != "auto" else
-              f"data.cache=auto: {'at most' if images is not None else 'more than'} "
-              f"data.cache_limit_mib={cache_limit_mib:g}")
-    note = f"{len(paths)} {what}s, {mib:,.0f} MiB decoded, {how} ({reason})"
-    stream = PatchStream(paths, sizes, patch_size, batch_size, patches_per_image, seed, images=images,
-                         min_side=None if images is not None else min_side, what=what)
-    return stream, note
+    entries = [entries] if isinstance(entries, (str, os.PathLike)) else list(entries)
+    tfds_source.check_pipeline(entries, pipeline, key=key)
+    sources.check_cache_mode(cache)
+    specs = [entry for entry in entries if tfds_source.is_tfds(entry)]
+    folders = [entry for entry in entries if not tfds_source.is_tfds(entry)]
+    if folders and specs and cache == "never":
+        raise _mix_error(folders, specs, sources.cache_reason(cache, False, cache_limit_mib), key)
+    parts = []
+    if folders:
+        parts.append(FolderSource.scan(folders, patch_size, min_side, skip_small, what))
+    if specs:
+        parts.append(tfds_source.TfdsSource(specs, what, seed, min_side=min_side, default_split=default_split))
+    source, mib = hold(parts, cache, cache_limit_mib, min_size=patch_size, skip_small=skip_small)
+    reason = sources.cache_reason(cache, source.in_memory, cache_limit_mib)
+    stream = PatchStream(source, patch_size, batch_size, patches_per_image, seed, skip_small=skip_small)
+    if source.in_memory:
+        where = "decoded into memory" if not specs else "in memory"
+        named = f" of {', '.join(entries)}" if specs else ""
+        return stream, f"{source.count} {what}s{named}, {mib:,.0f} MiB decoded, {where} ({reason})"
+    if len(parts) > 1:
+        raise _mix_error(folders, specs, reason, key)
+    if source.sequential:
+        count = "an unknown number of" if source.count is None else f"{source.count}"
+        return stream, f"{count} {what}s of {', '.join(specs)}, streamed from tensorflow-datasets ({reason})"
+    return stream, f"{source.count} {what}s, {mib:,.0f} MiB decoded, streamed from the files ({reason})"
+
+
+def hold(parts, cache, limit_mib, min_size=None, skip_small=False, channels=3):
+    """The one cache decision: `(source, mib)`, the sources `parts` decoded into one `ArraySource` where `data.cache`
+    says so (`always`; `auto`: when they take at most `limit_mib` decoded, `channels` bytes a pixel), else the
+    source itself (several: the first, the caller refuses the mix). A source's sizes come from its headers;
+    where only decoding tells (tfds sets), its items are decoded in order until they pass what is left of
+    the limit. `min_size` / `skip_small`: an item decoded here smaller than `min_size` stops with a `DataError`,
+    or is skipped and counted."""
+    sizes = [size for source in parts if source.sizes is not None for size in source.sizes]
+    mib = sources.decoded_mib(sizes, channels)
+    if not sources.use_cache(cache, sizes, limit_mib, channels):
+        return parts[0], mib
+    names, items, first = [], [], None
+    for source in parts:
+        limit = None if cache == "always" or source.sizes is not None else limit_mib - mib
+        log = SkipLog(source.what, source.count, patch=min_size)
+        reader = Items(source, log=log)
+        try:
+            found = reader.decode_all(limit, _size_check(log, min_size, skip_small))
+        finally:
+            reader.close()
+        if found is None:
+            return parts[0], mib
+        log.report("while loading them")
+        first = first or log.first()
+        names += found[0]
+        items += found[1]
+        mib += found[2] if source.sizes is None else 0
+    if not items:
+        what = parts[0].what
+        raise DataError(f"none of the {what}s can be used; the first: {first}" if first else
+                        f"no {what} is at least {min_size} pixels on its short side")
+    return ArraySource(items, names, what=parts[0].what), mib
+
+
+def _size_check(log, min_size, skip_small):
+    def check(name, item):
+        image = item[0] if isinstance(item, tuple) else item
+        height, width = image.shape[:2]
+        if not min_size or min(height, width) >= min_size:
+            return True
+        error = too_small(log.what, name, width, height, min_size)
+        if not skip_small:
+            raise error
+        log.skip(name, str(error).partition(";")[0], "small")
+        return False
+
+    return check
+
+
+def _mix_error(folders, specs, reason, key="data.train"):
+    return ConfigError(
+        f"config key '{key}' mixes image folders ({folders[0]}) and tensorflow-datasets sets ({specs[0]}), "
+        f"which mix only when held in memory, and they are streamed here ({reason}): set data.cache=always "
+        "if they fit in memory, else train on one kind (e.g. save the tfds set's images as PNGs in a folder)"
+    )

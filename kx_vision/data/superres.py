@@ -72,19 +72,17 @@ def stream_dataset(stream, scale, augment=True, steps_per_epoch=None):
     batch `g` of `stream`, its dihedral transforms and bicubic degradation applied in TensorFlow ops inside
     the input graph.
 
-    `stream` is a `kx_vision.data.streaming.PatchStream` (files or a cache) or a
-    `kx_vision.data.tfds_stream.TfdsStream` (a tensorflow-datasets set), which has a tf.data pipeline of
-    its own patches (`tf_patches()`). A `PatchStream`'s windows are read in order, two at a time (the stream
-    decodes a window's images in its own threads, so decoding is as parallel as there are cores and memory
-    holds two windows of patches whatever the number of cores), and split into patches. Then, for both:
-    transformed, batched, degraded and prefetched. With `steps_per_epoch`, what the stream skipped
-    (unreadable or too small) is reported (`stream.report`) when the last batch of each epoch of that many
-    batches has been made.
+    `stream` is a `kx_vision.data.streaming.PatchStream` (of files, a cache, or a tensorflow-datasets set). Its
+    windows are read in order, two at a time (the stream decodes a window's images in its own threads, so
+    decoding is as parallel as there are cores and memory holds two windows of patches whatever the number of
+    cores), split into patches, transformed, batched, degraded and prefetched. With `steps_per_epoch`, what the
+    stream skipped (unreadable or too small) is reported (`stream.report`) when the last batch of each epoch of
+    that many batches has been made.
     """
     size = stream.patch_size
     if size % scale:
         raise ValueError(f"patch_size {size} must be a multiple of the scale {scale}")
-    patches = stream.tf_patches() if hasattr(stream, "tf_patches") else _window_patches(stream)
+    patches = _window_patches(stream)
 
     def transform(patch, k):
         return random_dihedral_tf(patch, k) if augment else patch
@@ -125,8 +123,15 @@ def _window_patches(stream):
         patches, dihedral = tf_python.numpy_function(read, [window_id], (tf.uint8, tf.int32))
         return tf.ensure_shape(patches, [None, size, size, 3]), tf.ensure_shape(dihedral, [None])
 
+    def windows(_):
+        # Window ids from where this iteration starts (`stream.resume()`: 0, or where a sequential source's
+        # last reader stopped), asked for each time the dataset is iterated.
+        start = tf_python.numpy_function(lambda: np.int64(stream.resume()), [], tf.int64)
+        return tf.data.Dataset.counter(tf.ensure_shape(start, []))
+
     return (
-        tf.data.Dataset.counter()
+        tf.data.Dataset.from_tensors(0)
+        .flat_map(windows)
         .map(window, num_parallel_calls=2, deterministic=True)  # the stream decodes a window's images in parallel
         .unbatch()
     )

@@ -1,7 +1,7 @@
 """Config options shared by the data sections of the tasks that stream patches (super-resolution, style)."""
 
 from kx_vision.config import option
-from kx_vision.data.streaming import CACHE_LIMIT_MIB, CACHE_MODES
+from kx_vision.data.sources import CACHE_LIMIT_MIB, CACHE_MODES
 
 
 def cache_option():

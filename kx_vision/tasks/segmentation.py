@@ -32,12 +32,19 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    train_images: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "training image folder(s)")
+    train_images: list[str] = option([os.path.join(SAMPLE_DIR, "train")], "training image folder(s), or "
+                                     "tensorflow-datasets sets with masks (tfds:NAME[/CONFIG][:SPLIT], e.g. "
+                                     "tfds:oxford_iiit_pet:train; tf.data only)")
     train_masks: list[str] = option([os.path.join(SAMPLE_DIR, "trainannot")],
                                     "training mask folder(s), one per image folder (may be the image folder itself); "
-                                    "a mask is named like its image, or with _mask (Carvana) or _L added")
-    val_images: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s) (empty: split from training by group)")
+                                    "a mask is named like its image, or with _mask (Carvana) or _L added (not read "
+                                    "for tfds sets: their masks come with them)")
+    val_images: list[str] = option([os.path.join(SAMPLE_DIR, "val")], "validation image folder(s) or tfds sets (split: "
+                                   "validation unless named; empty: split from training folders by group)")
     val_masks: list[str] = option([os.path.join(SAMPLE_DIR, "valannot")], "validation mask folder(s)")
+    label_map: list[str] = option([], "mask values mapped to classes before they are checked, as VALUE:CLASS items "
+                                  "(others kept), e.g. Oxford-IIIT Pet's trimaps (1 pet, 2 background, 3 border) with "
+                                  "num_classes=3: 1:1,2:0,3:2; in YAML quote each item (\"1:1\")")
     val_split: float = option(0.2, "with no validation folders: fraction of the training pairs held out, whole groups "
                               "(the file-name prefix before the first '_': a CamVid sequence, a Carvana car)",
                               above=0, below=1)
@@ -108,6 +115,22 @@ class SegmentationTask(Task):
                               "model.decoder=lesson (each block halves it between the two paths)")
         if config.num_classes == 1 and config.ignore_class is not None:
             raise ConfigError("binary segmentation (num_classes=1) takes no ignore_class here: set ignore_class=null")
+        self._check_tfds(config.data)
+
+    def _check_tfds(self, data):
+        from kx_vision.data.masks import parse_label_map
+        from kx_vision.data.tfds_source import any_tfds, is_tfds
+
+        parse_label_map(data.label_map)
+        for key in ("train_images", "val_images"):
+            entries = getattr(data, key)
+            if any_tfds(entries) and not all(is_tfds(entry) for entry in entries):
+                raise ConfigError(f"config key 'data.{key}' mixes image folders and tensorflow-datasets sets; "
+                                  "name one kind (e.g. save the set's images and masks as files)")
+        if any_tfds(data.train_images) and not data.val_images:
+            raise ConfigError("config key 'data.val_images' is empty, so validation pairs would be split from the "
+                              "training files by group, which a tensorflow-datasets set has not: name a split "
+                              "(e.g. data.val_images=tfds:oxford_iiit_pet:test)")
 
     def build_model(self):
         from kx_vision.models import FPN, UNet, UpsampleHeadNet
@@ -157,40 +180,77 @@ class SegmentationTask(Task):
         return group_split(train, config.data.val_split, seed=config.seed)
 
     def build_data(self):
-        """Pairs listed (`load_split`), their headers checked, then streamed by `kx_vision.data.segmentation`
-        (tf.data) or, without TensorFlow, `kx_vision.data.segmentation_arrays` (`keras.utils.PyDataset`); cached
-        in memory when `data.cache` says so. `extras`: the two `PairReader`s and whether they cache."""
+        """Pairs listed (`load_split`), their headers checked, or tensorflow-datasets sets with masks; streamed by
+        `kx_vision.data.segmentation` (tf.data) or, without TensorFlow, `kx_vision.data.segmentation_arrays`
+        (`keras.utils.PyDataset`; folders only); held in memory when `data.cache` says so. `extras`: the two
+        readers (the streaming core over the pairs) and whether they cache."""
         from kx_vision.data import default_workers, resolve_pipeline
-        from kx_vision.data.masks import PairReader
+        from kx_vision.errors import DataError
 
         config, data = self.config, self.config.data
         pipeline = resolve_pipeline(data.pipeline)
-        train_pairs, val_pairs = self.load_split()
-        args = (config.num_classes, config.ignore_class, data.mask_divisor)
-        train_reader = PairReader(train_pairs, *args, what="training")
-        val_reader = PairReader(val_pairs, *args, what="validation")
-        cache = data.cache == "always" or (data.cache == "auto" and train_reader.decoded_bytes
-                                            + val_reader.decoded_bytes <= data.cache_limit_mib * 2**20)
-        train_reader.cache = val_reader.cache = bool(cache)
+        train_reader, val_reader, cache = self._readers(pipeline)
         train_reader.probe()  # a systematic mistake (every mask out of range) stops here, not mid-epoch
         val_reader.probe()
         size, batch = tuple(data.image_size), data.batch_size
         rotate = data.rotate_degrees if data.augment else 0.0
-        extras = {"train_reader": train_reader, "val_reader": val_reader, "cache": bool(cache)}
+        extras = {"train_reader": train_reader, "val_reader": val_reader, "cache": cache}
         if pipeline == "numpy":
             from kx_vision.data.segmentation_arrays import SegmentationBatches
 
-            workers = max(2, default_workers())  # one worker would decode in the training thread
             train = SegmentationBatches(train_reader, size, batch, seed=config.seed, augment=data.augment,
-                                        rotate_degrees=rotate, workers=workers)
-            val = SegmentationBatches(val_reader, size, batch, training=False, workers=workers)
+                                        rotate_degrees=rotate, workers=default_workers())
+            val = SegmentationBatches(val_reader, size, batch, training=False, workers=default_workers())
             return DataBundle(train, val, len(train), endless=False, extras=extras)
         from kx_vision.data import segmentation as seg_data
 
         train = seg_data.train_dataset(train_reader, size, batch, seed=config.seed, augment=data.augment,
                                        rotate_degrees=rotate)
-        val = seg_data.validation_dataset(val_reader, size, batch)
-        return DataBundle(train, val, max(len(train_pairs) // batch, 1), endless=False, extras=extras)
+        count = train_reader.source.count
+        if count is None:
+            raise DataError(f"{train_reader.source} does not say how many examples it holds, which an epoch needs")
+        steps = max(count // batch, 1)
+        return DataBundle(train, seg_data.validation_dataset(val_reader, size, batch), steps, endless=False,
+                          extras=extras)
+
+    def _readers(self, pipeline):
+        """`(train_reader, val_reader, cache)`: the streaming core over each side's pairs. Folders: `PairReader`s,
+        keeping what they decode when `data.cache` says so from the headers' sizes (both sides together, as
+        before tfds sets); tfds sets: `masks.open_tfds_pairs`, held in memory when `data.cache` says so (`auto`:
+        decoded in order, within what the folders left of `data.cache_limit_mib`). `cache`: every side is."""
+        from kx_vision.data import masks, sources, tfds_source
+
+        config, data = self.config, self.config.data
+        label_map = masks.parse_label_map(data.label_map)
+        readers = {side: masks.PairReader(pairs, config.num_classes, config.ignore_class, data.mask_divisor,
+                                          what=side, label_map=label_map)
+                   for side, pairs in self._folder_pairs().items()}
+        sizes = [size for reader in readers.values() for size in reader.source.sizes]
+        for reader in readers.values():
+            reader.cache = sources.use_cache(data.cache, sizes, data.cache_limit_mib, channels=4)
+        limit = data.cache_limit_mib - sources.decoded_mib(sizes, channels=4)
+        mask_reader = masks.mask_reader(config.num_classes, config.ignore_class, data.mask_divisor, label_map)
+        for side, key, split in (("training", "train_images", "train"), ("validation", "val_images", "validation")):
+            images = getattr(data, key)
+            if tfds_source.any_tfds(images):
+                tfds_source.check_pipeline(images, pipeline, key=f"data.{key}")
+                readers[side], mib = masks.open_tfds_pairs(images, mask_reader, data.cache, limit, side, config.seed,
+                                                           split)
+                limit -= mib
+        cache = all(reader.source.in_memory or reader.cache for reader in readers.values())
+        return readers["training"], readers["validation"], cache
+
+    def _folder_pairs(self):
+        """`{side: [(image_path, mask_path)]}` of the sides ("training", "validation") that name folders:
+        `load_split` where neither names a tensorflow-datasets set (`check_config` refuses a mix within one)."""
+        from kx_vision.data.masks import find_pairs
+        from kx_vision.data.tfds_source import any_tfds
+
+        data = self.config.data
+        if not any_tfds(data.train_images + data.val_images):
+            return dict(zip(("training", "validation"), self.load_split()))
+        sides = (("training", data.train_images, data.train_masks), ("validation", data.val_images, data.val_masks))
+        return {side: find_pairs(images, folders) for side, images, folders in sides if not any_tfds(images)}
 
     def report(self, model, data):
         from kx_vision.inference import as_predict_fn

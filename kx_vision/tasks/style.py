@@ -7,6 +7,7 @@ import os
 from kx_vision.config import LESSON_CONTENT_LAYERS, LESSON_STYLE_LAYER_WEIGHTS, LESSON_STYLE_LAYERS, option
 from kx_vision.data import SAMPLE_DIR
 from kx_vision.errors import ConfigError
+from kx_vision.messages import say
 from kx_vision.tasks.base import DataBundle, Task, TrainConfig, pipeline_option
 from kx_vision.tasks.data_options import cache_limit_option, cache_option
 
@@ -121,24 +122,20 @@ class StyleTask(Task):
         """Random content crops (dihedral transforms), streamed from the files or cropped from memory
         (`data.cache`; `kx_vision.data.streaming`); images smaller than `crop_size` are upscaled first.
         Validation: two fixed batches of crops of the validation images, held in memory."""
-        from kx_vision.data import arrays, resolve_pipeline, streaming, tfds_stream
+        from kx_vision.data import arrays, resolve_pipeline, streaming
         from kx_vision.data import superres as sr_data
 
         config, data = self.config, self.config.data
         size, pipeline = data.crop_size, resolve_pipeline(data.pipeline)
-
-        def open_stream(entries, key, **options):  # folders, or `tfds:` sets (kx_vision.data.tfds_stream)
-            if tfds_stream.any_tfds(entries):
-                return tfds_stream.open_stream(entries, size, data.batch_size, pipeline, key=key, **options)
-            return streaming.open_stream(entries, size, data.batch_size, **options)
-
-        stream, note = open_stream(data.content, "data.content", patches_per_image=data.patches_per_image,
-                                   seed=config.seed, cache=data.cache, cache_limit_mib=data.cache_limit_mib,
-                                   min_side=size, what="content image")
-        print(f"training data: {note}")
-        val_options = {"default_split": "validation"} if tfds_stream.any_tfds(data.val) else {}
-        val_stream, _ = open_stream(data.val, "data.val", seed=config.seed + 1, cache="always", min_side=size,
-                                    what="validation content image", **val_options)
+        # Folders, or `tfds:` sets (kx_vision.data.tfds_source); images smaller than the crop raised to it.
+        options = dict(min_side=size, pipeline=pipeline)
+        stream, note = streaming.open_stream(data.content, size, data.batch_size, data.patches_per_image, config.seed,
+                                             data.cache, data.cache_limit_mib, what="content image",
+                                             key="data.content", **options)
+        say(f"training data: {note}")
+        val_stream, _ = streaming.open_stream(data.val, size, data.batch_size, seed=config.seed + 1, cache="always",
+                                              what="validation content image", key="data.val",
+                                              default_split="validation", **options)
         extras = {"train_stream": stream}
         if pipeline == "numpy":
             train = arrays.ContentCrops(stream, steps_per_epoch=config.steps_per_epoch,

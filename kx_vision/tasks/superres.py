@@ -6,6 +6,7 @@ import os
 from kx_vision.config import option
 from kx_vision.data import SAMPLE_DIR
 from kx_vision.errors import ConfigError
+from kx_vision.messages import say
 from kx_vision.tasks.base import DataBundle, Task, TrainConfig, pipeline_option
 from kx_vision.tasks.data_options import cache_limit_option, cache_option
 
@@ -119,19 +120,17 @@ class SuperResTask(Task):
         (`data.cache`; `kx_vision.data.streaming`), through tf.data (`kx_vision.data.superres`) or, without
         TensorFlow, `kx_vision.data.arrays`; validation on whole images, held in memory
         (`extras["val_pairs"]` for the report; `extras["train_stream"]` counts unreadable files)."""
-        from kx_vision.data import arrays, resolve_pipeline, streaming, tfds_stream
+        from kx_vision.data import arrays, resolve_pipeline, streaming, tfds_source
         from kx_vision.data import superres as sr_data  # imports TensorFlow only where it is installed
 
         config, data = self.config, self.config.data
         pipeline = resolve_pipeline(data.pipeline)
-        options = dict(patches_per_image=data.patches_per_image, seed=config.seed, cache=data.cache,
-                       cache_limit_mib=data.cache_limit_mib, skip_small=data.skip_small, what="training image")
-        if tfds_stream.any_tfds(data.train):  # `tfds:` sets (kx_vision.data.tfds_stream): tf.data only
-            stream, note = tfds_stream.open_stream(data.train, data.patch_size, data.batch_size, pipeline, **options)
-        else:
-            stream, note = streaming.open_stream(data.train, data.patch_size, data.batch_size, **options)
-        print(f"training data: {note}")
-        val_images = tfds_stream.load_images(data.val, what="validation image")  # folders and `tfds:` sets
+        # Folders, or `tfds:` sets (kx_vision.data.tfds_source: tf.data only).
+        stream, note = streaming.open_stream(data.train, data.patch_size, data.batch_size, data.patches_per_image,
+                                             config.seed, data.cache, data.cache_limit_mib,
+                                             skip_small=data.skip_small, what="training image", pipeline=pipeline)
+        say(f"training data: {note}")
+        val_images = tfds_source.load_images(data.val, what="validation image")  # folders and `tfds:` sets
         pairs = sr_data.validation_pairs(val_images, config.scale)
         extras = {"val_pairs": pairs, "train_stream": stream}
         if pipeline == "numpy":
@@ -139,7 +138,7 @@ class SuperResTask(Task):
                                            augment=data.augment, workers=arrays.default_workers())
             return DataBundle(train, arrays.Pairs(pairs), config.steps_per_epoch, endless=False, extras=extras)
         train = sr_data.stream_dataset(stream, config.scale, augment=data.augment,
-                                       steps_per_epoch=config.steps_per_epoch)  # a PatchStream or a TfdsStream
+                                       steps_per_epoch=config.steps_per_epoch)
         return DataBundle(train, sr_data.pairs_dataset(pairs), config.steps_per_epoch, endless=True, extras=extras)
 
     def report(self, model, data):
