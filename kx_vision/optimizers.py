@@ -93,9 +93,15 @@ def parse_group_rates(group_rates):
 
 
 class _GroupRates:
-    """Mixin: learning rate scaled per variable by the first matching path prefix."""
+    """Mixin of `Adam`, `AdamW` and `SGD`: `group_rates` (the learning rate scaled per variable by the first
+    matching path prefix) and, for an optimizer with a `beta_1`, `beta_1_schedule`."""
 
-    def _setup_groups(self, group_rates, beta_1_schedule=None):
+    def __init__(self, learning_rate=None, group_rates=None, beta_1_schedule=None, **kwargs):
+        if learning_rate is not None:  # else the Keras optimizer's default: 0.001 for Adam, 0.01 for SGD
+            kwargs["learning_rate"] = learning_rate
+        super().__init__(**kwargs)
+        if beta_1_schedule is not None and not hasattr(self, "beta_1"):
+            raise ValueError(f"{type(self).__name__} has no beta_1 to schedule: beta_1_schedule is for Adam and AdamW")
         self.group_rates = parse_group_rates(group_rates)
         self.beta_1_schedule = beta_1_schedule
 
@@ -124,7 +130,8 @@ class _GroupRates:
         finally:
             self.beta_1 = constant
 
-    def _group_config(self, config):
+    def get_config(self):
+        config = super().get_config()
         config["group_rates"] = [[p, v] for p, v in self.group_rates]
         if self.beta_1_schedule is not None:
             config["beta_1_schedule"] = keras.saving.serialize_keras_object(self.beta_1_schedule)
@@ -142,36 +149,15 @@ class _GroupRates:
 class Adam(_GroupRates, keras.optimizers.Adam):
     """`keras.optimizers.Adam` with `group_rates` and an optional `beta_1_schedule`."""
 
-    def __init__(self, learning_rate=0.001, group_rates=None, beta_1_schedule=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self._setup_groups(group_rates, beta_1_schedule)
-
-    def get_config(self):
-        return self._group_config(super().get_config())
-
 
 @keras.saving.register_keras_serializable(package="kx_vision")
 class AdamW(_GroupRates, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` with `group_rates` and an optional `beta_1_schedule`."""
 
-    def __init__(self, learning_rate=0.001, group_rates=None, beta_1_schedule=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self._setup_groups(group_rates, beta_1_schedule)
-
-    def get_config(self):
-        return self._group_config(super().get_config())
-
 
 @keras.saving.register_keras_serializable(package="kx_vision")
 class SGD(_GroupRates, keras.optimizers.SGD):
     """`keras.optimizers.SGD` with `group_rates`."""
-
-    def __init__(self, learning_rate=0.01, group_rates=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self._setup_groups(group_rates)
-
-    def get_config(self):
-        return self._group_config(super().get_config())
 
 
 # --- from a config: the optimizer of a training phase and its schedule ---
