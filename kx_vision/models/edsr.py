@@ -65,13 +65,7 @@ class EDSR(KxModel, keras.Model):
         dtype=None,
         **kwargs,
     ):
-        factors = upsample_factors(scale)
-        check_at_least("EDSR", 0, num_blocks=num_blocks)
-        check_positive("EDSR", num_filters=num_filters, num_channels=num_channels)
-        if rgb_mean is not None and len(rgb_mean) != num_channels:
-            raise ArgumentError(
-                f"EDSR: rgb_mean has {len(rgb_mean)} values but num_channels={num_channels}; give one mean per "
-                "channel, or rgb_mean=None", ["rgb_mean", "num_channels"])
+        factors = _check_arguments(scale, num_blocks, num_filters, num_channels, rgb_mean)
         conv = dict(padding="same", dtype=dtype)
 
         # === Functional Model ===
@@ -125,3 +119,15 @@ class EDSR(KxModel, keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _check_arguments(scale, num_blocks, num_filters, num_channels, rgb_mean):
+    """Refuse what no EDSR can be; the pixel-shuffle stages of `scale`."""
+    factors = upsample_factors(scale)
+    check_at_least("EDSR", 0, num_blocks=num_blocks)
+    check_positive("EDSR", num_filters=num_filters, num_channels=num_channels)
+    if rgb_mean is not None and len(rgb_mean) != num_channels:
+        raise ArgumentError(
+            f"EDSR: rgb_mean has {len(rgb_mean)} values but num_channels={num_channels}; give one mean per "
+            "channel, or rgb_mean=None", ["rgb_mean", "num_channels"])
+    return factors
