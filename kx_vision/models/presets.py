@@ -1,18 +1,13 @@
 """Pretrained presets: a model's config and weights in a folder, in keras-hub's preset layout.
 
-A preset folder holds
+A preset folder holds `config.json` (the Keras serialized model, without build and compile state),
+`model.weights.h5` (float32 or float16, loaded as float32), `metadata.json` (versions, backend, parameter
+count, date, weight dtype and the model card's facts: training command, data, device, minutes, scores) and
+`README.md` (the model card, written from the same facts).
 
-- `config.json`: the Keras serialized model (`keras.saving.serialize_keras_object`, without its build and
-  compile state), so the model is rebuilt from its constructor arguments;
-- `model.weights.h5`: its weights (`model.save_weights`), float32 or float16 (loaded back to float32);
-- `metadata.json`: kx_vision and Keras versions, backend, parameter count, date, weight dtype, and the model
-  card's facts (`card`: training command, data, device, minutes, measured scores);
-- `README.md`: the model card, written from the same facts.
-
-`EDSR.from_preset(name_or_dir)` loads a preset shipped in the package by name (`PRESETS`; the files live in
-`kx_vision/presets/<name>/`) or any preset folder; `model.save_to_preset(dir)` writes one, atomically.
-A shipped preset must carry the scores measured with its own weights (`shipped_card_problems`); asking by name for
-a known preset whose weights do not ship (the GPU recipes) says how to train them.
+`EDSR.from_preset(name_or_dir)` loads a preset shipped in the package (`PRESETS`, files in
+`kx_vision/presets/<name>/`) or any preset folder; `model.save_to_preset(dir)` writes one, atomically. Asking
+by name for a known preset whose weights do not ship (the GPU recipes) says how to train them.
 """
 
 import datetime
@@ -45,35 +40,29 @@ DATA_291 = (
 )
 
 
-
-def _edsr(scale, num_blocks, num_filters, description, recipe, train):
+def _edsr(scale, num_blocks, num_filters, description, recipe, output, prefix="", after=""):
+    """A registry entry: an EDSR architecture, the config file that trains it and the command."""
+    train = f"{prefix}python -m kx_vision.train superres --config {recipe} --output {output}{after}"
     return {"class_name": "EDSR", "description": description, "recipe": recipe, "train": train, "data": DATA_291,
             "config": {"scale": scale, "num_blocks": num_blocks, "num_filters": num_filters, "residual_scale": 0.1}}
-
-
-def _cpu_recipe(name):
-    return f"configs/presets/{name}.yaml", (f"KERAS_BACKEND=tensorflow python -m kx_vision.train superres --config "
-                                            f"configs/presets/{name}.yaml --output runs/presets/{name}")
 
 
 # The presets kx_vision knows by name: the architecture, the recipe that trains it, the data it uses.
 # `edsr_8x32_*` ship (trained on a 2-core CPU, issue 31); `edsr_baseline_*` are the paper-scale recipes, whose
 # weights need a GPU and are not shipped.
+_CPU = "KERAS_BACKEND=tensorflow "
 PRESETS = {
     "edsr_8x32_x2": _edsr(2, 8, 32, "EDSR of 8 residual blocks x 32 filters (196K parameters, residual scale 0.1, "
                           "pixel shuffle + ICNR), x2, L1 loss, trained on a 2-core CPU within 120 minutes",
-                          *_cpu_recipe("edsr_8x32_x2")),
+                          "configs/presets/edsr_8x32_x2.yaml", "runs/presets/edsr_8x32_x2", _CPU),
     "edsr_8x32_x4": _edsr(4, 8, 32, "EDSR of 8 residual blocks x 32 filters, x4, grown from edsr_8x32_x2 (the "
                           "lesson's progressive resizing: body transferred, a new ICNR upsampling stage), L1 loss, "
-                          "2-core CPU", *_cpu_recipe("edsr_8x32_x4")),
+                          "2-core CPU", "configs/presets/edsr_8x32_x4.yaml", "runs/presets/edsr_8x32_x4", _CPU),
     "edsr_baseline_x2": _edsr(2, 16, 64, "EDSR baseline (Lim et al. 2017: 16 blocks, 64 filters, residual scale "
-                              "0.1), x2, L1 loss", "configs/edsr_baseline_x2.yaml",
-                              "python -m kx_vision.train superres --config configs/edsr_baseline_x2.yaml --output "
-                              "runs/edsr_x2"),
+                              "0.1), x2, L1 loss", "configs/edsr_baseline_x2.yaml", "runs/edsr_x2"),
     "edsr_baseline_x4": _edsr(4, 16, 64, "EDSR baseline (16 blocks, 64 filters, residual scale 0.1), x4, grown from "
-                              "the x2 model", "configs/edsr_baseline_x4.yaml",
-                              "python -m kx_vision.train superres --config configs/edsr_baseline_x4.yaml --output "
-                              "runs/edsr_x4 (after the x2 recipe, whose runs/edsr_x2/model.keras it starts from)"),
+                              "the x2 model", "configs/edsr_baseline_x4.yaml", "runs/edsr_x4",
+                              after=" (after the x2 recipe, whose runs/edsr_x2/model.keras it starts from)"),
 }
 
 # What the card of a preset shipped in the package must state (`shipped_card_problems`).
@@ -108,6 +97,10 @@ def unknown_preset_error(name):
     )
 
 
+def _missing(directory, files=REQUIRED_FILES):
+    return [name for name in files if not os.path.isfile(os.path.join(directory, name))]
+
+
 def resolve(preset):
     """The folder of `preset`: a known preset name (shipped in the package) or a preset directory.
 
@@ -116,23 +109,20 @@ def resolve(preset):
     preset = os.fspath(preset)
     if preset in PRESETS:
         directory = os.path.join(PRESETS_DIR, preset)
-        if not all(os.path.isfile(os.path.join(directory, f)) for f in REQUIRED_FILES):
+        if _missing(directory):
             entry = PRESETS[preset]
             raise WeightsUnavailableError(
                 f"no pretrained weights are available yet for preset {preset!r} (this installation ships "
                 f"{', '.join(shipped_presets()) or 'none'}). Train them with the recipe {entry['recipe']}: "
-                f"{entry['train']}; then "
-                "pass the trained model.keras as --model, or a preset directory written by "
-                "EDSR.save_to_preset"
+                f"{entry['train']}; then pass the trained model.keras as --model, or a preset directory written "
+                "by EDSR.save_to_preset"
             )
         return directory
     if os.path.isdir(preset):
-        for name in REQUIRED_FILES:
-            if not os.path.isfile(os.path.join(preset, name)):
-                raise KxVisionError(
-                    f"preset directory {preset} has no {name} (a preset holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
-                    f"{METADATA_FILE}, as written by save_to_preset)"
-                )
+        missing = _missing(preset)
+        if missing:
+            raise KxVisionError(f"preset directory {preset} has no {missing[0]} (a preset holds {CONFIG_FILE}, "
+                                f"{WEIGHTS_FILE} and {METADATA_FILE}, as written by save_to_preset)")
         return preset
     if os.path.exists(preset):
         raise KxVisionError(f"{preset} is a file, not a preset directory")
@@ -150,9 +140,8 @@ def read_json(directory, name):
         raise KxVisionError(f"{path} is not a valid JSON file: {error}") from error
 
 
-def preset_class(directory, config=None):
-    """The registered model class that `directory`'s config.json describes."""
-    config = read_json(directory, CONFIG_FILE) if config is None else config
+def preset_class(directory, config):
+    """The registered model class that `config`, read from `directory`'s config.json, describes."""
     path = os.path.join(directory, CONFIG_FILE)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict) or "class_name" not in config:
         raise KxVisionError(f"{path} is not a Keras serialized model config (no class_name / config)")
@@ -172,17 +161,14 @@ def load(preset, cls=None):
     directory = resolve(preset)
     config = read_json(directory, CONFIG_FILE)
     target = preset_class(directory, config)
+    config_path = os.path.join(directory, CONFIG_FILE)
     if cls is not None and not issubclass(target, cls):
-        raise KxVisionError(
-            f"preset {preset} holds a model of class {target.__name__}, not {cls.__name__} "
-            f"({os.path.join(directory, CONFIG_FILE)})"
-        )
+        raise KxVisionError(f"preset {preset} holds a model of class {target.__name__}, not {cls.__name__} "
+                            f"({config_path})")
     try:
         model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - a bad argument in the config becomes one message naming the file
-        raise KxVisionError(
-            f"cannot build the model of {os.path.join(directory, CONFIG_FILE)}: {type(error).__name__}: {error}"
-        ) from error
+        raise KxVisionError(f"cannot build the model of {config_path}: {type(error).__name__}: {error}") from error
     weights = os.path.join(directory, WEIGHTS_FILE)
     try:
         model.load_weights(weights)
@@ -194,17 +180,15 @@ def load(preset, cls=None):
 
 
 def save(model, directory, dtype="float32", card=None, overwrite=False, images=None):
-    """Write `model` as a preset folder `directory` (see the module docstring), atomically: everything is
-    written into a temporary folder next to it, then renamed into place, so a failure leaves nothing behind
-    and an existing preset is replaced whole (with `overwrite=True`) or not at all. An existing folder holding
-    anything other than a preset's files is never replaced.
+    """Write `model` as a preset folder `directory`, atomically: a failure leaves nothing behind, and an
+    existing preset is replaced whole (with `overwrite=True`) or not at all; a folder holding anything other
+    than a preset's files is never replaced.
 
-    `dtype="float16"` stores the weights at half size; they load back as float32 (check the scores that
-    matter, e.g. PSNR, before shipping). `card`: a JSON-serialisable dict of model-card facts, e.g.
-    `{"training_command": ..., "data": ..., "device": ..., "training_minutes": ...,
-    "results": {"Set5": {"psnr": ..., "ssim": ...}, ...}}` (`default_card(name)` for a known preset's
-    command and data); it goes into metadata.json and README.md. `images`: `{name: path}` of PNG pictures for
-    the card (names from `CARD_IMAGES`), copied into the folder and shown in README.md.
+    `dtype="float16"` stores the weights at half size (they load back as float32). `card`: JSON-serialisable
+    model-card facts, e.g. `{"training_command": ..., "data": ..., "device": ..., "training_minutes": ...,
+    "results": {"Set5": {"psnr": ..., "ssim": ...}}}` (`default_card(name)` gives a known preset's command
+    and data), written into metadata.json and README.md. `images`: `{name: path}` of PNGs for the card
+    (names from `CARD_IMAGES`).
     """
     if dtype not in WEIGHT_DTYPES:
         raise KxVisionError(f"preset weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
@@ -308,27 +292,17 @@ def _number(value, digits):
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
 
 
-def _results_table(results):
-    if not results:
+def _table(heading, first, rows, note=None):
+    """A README.md section: a table of `rows` (`{name: {column: value}}`), columns in order of appearance,
+    scores to 2 decimals (4 for SSIM)."""
+    if not rows:
         return []
-    metric_names = list(dict.fromkeys(m for scores in results.values() for m in scores))
-    lines = ["", "## Results", "",
-             "Y channel (BT.601), `scale` border pixels shaved, predictions rounded to 8 bits "
-             "(`python -m kx_vision.evaluate superres`).", "",
-             "| set | " + " | ".join(metric_names) + " |", "|---|" + "---|" * len(metric_names)]
-    for set_name, scores in results.items():
-        cells = [_number(scores[m], 4 if "ssim" in m else 2) if m in scores else "" for m in metric_names]
-        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _comparison_table(comparison):
-    if not comparison:
-        return []
-    sets = list(dict.fromkeys(s for scores in comparison.values() for s in scores))
-    lines = ["", "## Compared (Y-PSNR, dB)", "", "| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-    for method, scores in comparison.items():
-        lines.append(f"| {method} | " + " | ".join(_number(scores.get(s, ""), 2) for s in sets) + " |")
+    columns = list(dict.fromkeys(c for cells in rows.values() for c in cells))
+    lines = ["", f"## {heading}", "", *([note, ""] if note else []),
+             f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, cells in rows.items():
+        values = [_number(cells[c], 4 if "ssim" in c else 2) if c in cells else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
     return lines
 
 
@@ -359,7 +333,10 @@ def model_card(name, config, metadata):
     lines += ["```bash", command or "(not recorded)", "```", ""]
     for key, label in (("data", "Data"), ("device", "Device"), ("training_minutes", "Training time (minutes)")):
         lines.append(f"- {label}: {card.get(key, '(not recorded)')}")
-    lines += _results_table(card.get("results") or {}) + _comparison_table(card.get("comparison") or {})
+    lines += _table("Results", "set", card.get("results"),
+                    "Y channel (BT.601), `scale` border pixels shaved, predictions rounded to 8 bits "
+                    "(`python -m kx_vision.evaluate superres`).")
+    lines += _table("Compared (Y-PSNR, dB)", "method", card.get("comparison"))
     captions = {"psnr_vs_minutes.png": "Set5 Y-PSNR against training minutes",
                 "examples.png": "bicubic | model | ground truth"}
     for image in metadata.get("images", []):
@@ -380,14 +357,12 @@ def shipped_card_problems(directory, name=None):
     the data (with the BSDS licence when BSDS is used), the device, the minutes, and the Set5 and Set14 PSNR
     measured with these very weights."""
     name = name or os.path.basename(os.path.normpath(directory))
-    problems = []
     if name not in PRESETS:
         return [f"{name} is not a known preset ({', '.join(known_presets())})"]
-    for file in (*REQUIRED_FILES, METADATA_FILE, README_FILE):
-        if not os.path.isfile(os.path.join(directory, file)):
-            problems.append(f"{file} is missing")
-    if problems:
-        return problems
+    missing = _missing(directory, (*REQUIRED_FILES, METADATA_FILE, README_FILE))
+    if missing:
+        return [f"{file} is missing" for file in missing]
+    problems = []
     config = read_json(directory, CONFIG_FILE)
     entry = PRESETS[name]
     if config.get("class_name") != entry["class_name"]:
