@@ -1,41 +1,23 @@
-"""The GPU check of issue #16, one call on a lent GPU machine: `bash benchmarks/device.sh run` (see there).
+"""The GPU check of issue #16, one call on a lent GPU machine: `bash benchmarks/device.sh run` (the call, the
+time plan and the variables are described there); `device.sh dry` runs it here with tiny sizes.
 
-    python3 benchmarks/device_check.py run --out $OUT      # on the GPU machine (full sizes, 9-minute deadline)
-    python benchmarks/device_check.py dry --out DIR        # here, tiny sizes, TensorFlow hidden (device.sh dry)
+Standard library only: it runs before the carried wheels are installed. Each step runs as its own process(es),
+streams its output into the log and appends JSON lines to OUT/bench.jsonl as soon as it has them, and ends with
+a `{"benchmark": "step", ...}` line, so a run killed by the call's limit still returns what finished. Nothing
+starts past the deadline, and each process is killed at it.
 
-Standard library only: the orchestrator runs before the carried wheels are installed. Each step runs as its
-own process(es), streams its output into the log and appends JSON lines to OUT/bench.jsonl as soon as it has
-them, and every step ends with a `{"benchmark": "step", ...}` line (name, status, seconds), so a run killed by
-the call's limit still returns everything that finished. No step starts past the deadline, and each
-process is killed at it.
-
-Steps, in order (`--steps` or KX_STEPS picks a subset; `peer_quality` runs only when named or when the
-deadline leaves room for it):
-  install      carried wheels (keras, namex, optree) -> /tmp/site; versions of the packages used
-  smi          one nvidia-smi line
-  matmul       bf16 matrix-product peak in JAX (benchmarks/matmul_peak.py)
-  peer_speed   ../shared/bench/torch_edsr.py --amp bf16 --channels-last --compile, batch 16 / LR 48, 64 / 96
-  edsr_train   python -m benchmarks.run --only edsr_train, float32 and mixed_bfloat16 at both configs,
-               one process per measurement
-  pipeline     (only when named, ~15 s) the NumPy input pipeline's images/s on the 291 images, on the GPU
-               machine's CPU cores: python -m benchmarks.run --only pipeline
-  x2           configs/edsr_baseline_x2.yaml, time_budget, mixed_bfloat16, numpy pipeline; then Set5 and Set14
-               evaluated (plain and self-ensemble) in the background while x4 trains; model -> OUT/edsr_x2.keras
-  x4           configs/edsr_baseline_x4.yaml grown from the x2 model, evaluated the same way -> OUT/edsr_x4.keras
-  peer_quality ../shared/bench/torch_edsr_train.py --budget-s 240 --compile (the peer's quality in the same call)
-
-Time budgets: x2 and x4 ask for 240 s and 150 s of training (KX_X2_BUDGET, KX_X4_BUDGET). Both are scaled down
-together when what is left before the deadline cannot hold them plus the estimated fixed costs (start-up,
-compilation, validation, saving: KX_TRAIN_OVERHEAD_S per recipe; evaluation: KX_EVAL_S); the budgets used
-are recorded. Without the `time_budget` config key (KX_TIME_BUDGET=no, or auto-detected), a step count is
-used instead, from the measured mixed_bfloat16 step time when there is one.
+Steps (`--steps` or KX_STEPS picks a subset): install (carried wheels -> /tmp/site, package versions), smi,
+matmul (JAX bf16 peak), peer_speed (the PyTorch peer's step), edsr_train (float32 and mixed_bfloat16, one
+process each), pipeline (only when named), x2 and x4 (the baseline recipes with `time_budget`: 240 s and 150 s
+asked, KX_X2_BUDGET / KX_X4_BUDGET, scaled down together to what the deadline leaves; each model evaluated on
+Set5 and Set14 and returned as OUT/edsr_x2.keras, OUT/edsr_x4.keras), peer_quality (only when named or when
+the deadline leaves room).
 """
 
 import argparse
 import codecs
 import glob
 import json
-import math
 import os
 import selectors
 import shutil
@@ -75,7 +57,6 @@ class Check:
             self.env["PYTHONPATH"] = os.pathsep.join(["/tmp/site", ROOT])
         self.failed = []
         self.background = None
-        self.time_budget = None
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     def left(self):
@@ -189,77 +170,44 @@ class Check:
         repeats = "10" if self.mode == "run" else "2"
         argv = [self.python, "-m", "benchmarks.matmul_peak", "--sizes", *sizes, "--repeats", repeats,
                 "--out", self.bench]
-        status, seconds, _ = self.run("matmul", argv, cap=90)
-        return status, seconds, {}
+        return self.run_each([("matmul", argv)], cap=90)
 
-    def peer_speed(self):
+    def run_each(self, runs, record=False, **options):
+        """Run each `(name, argv)` of `runs` (with `self.run`'s `options`); one status for all, their seconds.
+        With `record`, a `process` line per run."""
         statuses, total = [], 0.0
-        for batch, lr_size in SPEED_CONFIGS[self.mode]:
-            argv = [self.python, os.path.join(DEVICE, "torch_edsr.py"), "--batch", str(batch), "--lr-size",
-                    str(lr_size), "--amp", "bf16", "--channels-last", "--compile"]
-            argv += ["--steps", "50"] if self.mode == "run" else ["--steps", "2", "--blocks", "2", "--features", "16"]
-            status, seconds, _ = self.run(f"peer_speed {batch}x{lr_size}", argv, env=self.peer_env, cap=150,
-                                          keep_json=True, extra={"benchmark": "peer_edsr_train"})
+        for name, argv in runs:
+            status, seconds, _ = self.run(name, argv, **options)
+            if record:
+                self.record({"benchmark": "process", "step": name, "status": status, "seconds": round(seconds, 1)})
             statuses.append(status)
             total += seconds
-        return _combine(statuses), total, {}
+        bad = [s for s in statuses if s != "ok"]
+        return ", ".join(bad) if bad else "ok", total, {}
+
+    def peer_speed(self):
+        size = ["--steps", "50"] if self.mode == "run" else ["--steps", "2", "--blocks", "2", "--features", "16"]
+        runs = [(f"peer_speed {batch}x{lr_size}",
+                 [self.python, os.path.join(DEVICE, "torch_edsr.py"), "--batch", str(batch), "--lr-size", str(lr_size),
+                  "--amp", "bf16", "--channels-last", "--compile", *size])
+                for batch, lr_size in SPEED_CONFIGS[self.mode]]
+        return self.run_each(runs, env=self.peer_env, cap=150, keep_json=True, extra={"benchmark": "peer_edsr_train"})
 
     def edsr_train(self):
-        statuses, total = [], 0.0
-        for precision in ("float32", "mixed_bfloat16"):
-            for batch, lr_size in SPEED_CONFIGS[self.mode]:
-                argv = [self.python, "-m", "benchmarks.run", "--only", "edsr_train", "--precision", precision,
-                        "--configs", f"{batch}x{lr_size}", "--out", self.bench]
-                argv += ["--steps", "20", "--repeats", "5"] if self.mode == "run" else [
-                    "--steps", "2", "--repeats", "1", "--quick"]
-                name = f"edsr_train {precision} {batch}x{lr_size}"
-                status, seconds, _ = self.run(name, argv, cap=150)
-                self.record({"benchmark": "process", "step": name, "status": status, "seconds": round(seconds, 1)})
-                statuses.append(status)
-                total += seconds
-        return _combine(statuses), total, {}
+        size = ["--steps", "20", "--repeats", "5"] if self.mode == "run" else [
+            "--steps", "2", "--repeats", "1", "--quick"]
+        runs = [(f"edsr_train {precision} {batch}x{lr_size}",
+                 [self.python, "-m", "benchmarks.run", "--only", "edsr_train", "--precision", precision, "--configs",
+                  f"{batch}x{lr_size}", "--out", self.bench, *size])
+                for precision in ("float32", "mixed_bfloat16") for batch, lr_size in SPEED_CONFIGS[self.mode]]
+        return self.run_each(runs, record=True, cap=150)
 
     def pipeline(self):
         argv = [self.python, "-m", "benchmarks.run", "--only", "pipeline", "--pipeline-data",
                 os.path.join(self.data, "train"), "--out", self.bench] + (["--quick"] if self.mode == "dry" else [])
-        status, seconds, _ = self.run("pipeline", argv, cap=90)
-        return status, seconds, {}
+        return self.run_each([("pipeline", argv)], cap=90)
 
     # -- the recipes --------------------------------------------------------------------------------------
-    def has_time_budget(self):
-        """Whether superres's config has the `time_budget` key. Asked in a child process with the steps'
-        environment: importing `kx_vision` imports Keras, which only the carried wheels (on `PYTHONPATH`)
-        provide there, and whose default backend, TensorFlow, is absent (KERAS_BACKEND=jax)."""
-        setting = os.environ.get("KX_TIME_BUDGET", "auto")
-        if setting in ("yes", "no"):
-            return setting == "yes"
-        code = ("import dataclasses; from kx_vision.tasks import superres; "
-                "print(any(f.name == 'time_budget' for f in dataclasses.fields(superres.Config)))")
-        try:
-            done = subprocess.run([self.python, "-c", code], env=self.env, cwd=ROOT, capture_output=True, text=True,
-                                  timeout=120)
-            found = done.stdout.strip().splitlines()[-1] == "True" if done.returncode == 0 else None
-        except (subprocess.TimeoutExpired, IndexError):
-            found = None
-        if found is None:  # the recipes will fail the same way and say why; use the step count meanwhile
-            self.say("time_budget config key: could not import kx_vision.tasks.superres: a step count is used")
-            return False
-        self.say(f"time_budget config key: {'present' if found else 'absent: a step count is used instead'}")
-        return found
-
-    def measured_step_ms(self):
-        """The mixed_bfloat16 batch-16 training step measured in this call, if any (for the step fallback)."""
-        try:
-            with open(self.bench) as f:
-                for line in f:
-                    record = json.loads(line)
-                    if (record.get("benchmark") == "edsr_train" and record.get("precision") == "mixed_bfloat16"
-                            and record.get("batch") == SPEED_CONFIGS[self.mode][0][0]):
-                        return record["step_ms"]
-        except (OSError, ValueError):
-            pass
-        return None
-
     def recipe_budgets(self):
         """Seconds of training for x2 and x4: what was asked, scaled down together to fit the deadline."""
         asked = {"x2": env_float("KX_X2_BUDGET", 240 if self.mode == "run" else 4),
@@ -280,20 +228,9 @@ class Check:
         shutil.rmtree(output, ignore_errors=True)  # never resume an earlier call's run
         sets = ["epochs=1000", "precision=mixed_bfloat16", "data.pipeline=numpy",
                 f"data.train={os.path.join(self.data, 'train')}", f"data.val={os.path.join(self.data, 'Set5')}",
-                *([f"steps_per_epoch={spe}"] if spe else []), *extra_sets]
-        if self.mode == "dry":
-            sets += DRY_MODEL
+                *([f"steps_per_epoch={spe}"] if spe else []), *extra_sets, *(DRY_MODEL if self.mode == "dry" else []),
+                f"time_budget={budget:g}"]
         info = {"time_budget_s": budget}
-        if self.time_budget:
-            sets.append(f"time_budget={budget:g}")
-        else:
-            step_ms = self.measured_step_ms() or (8.0 if self.mode == "run" else 50.0)
-            step_ms *= 1.5 if name == "x4" else 1.2  # x4's second stage; slack for the input pipeline
-            spe = spe or 1000
-            epochs = max(2, math.ceil(budget * 1000 / step_ms / spe))
-            sets = [s for s in sets if not s.startswith(("epochs=", "steps_per_epoch="))]
-            sets += [f"epochs={epochs}", f"steps_per_epoch={spe}"]
-            info.update(fallback_steps=epochs * spe, assumed_step_ms=round(step_ms, 2))
         argv = [self.python, "-m", "kx_vision.train", "superres", "--config", config]
         for assignment in sets:
             argv += ["--set", assignment]
@@ -314,10 +251,9 @@ class Check:
         return status, seconds, os.path.join(output, "model.keras")
 
     def evaluate_argv(self, name, model, scale):
-        argv = [self.python, "-m", "benchmarks.evaluate_sets", "--model", model, "--scale", str(scale),
+        return [self.python, "-m", "benchmarks.evaluate_sets", "--model", model, "--scale", str(scale),
                 "--data", os.path.join(self.data, "Set5"), os.path.join(self.data, "Set14"), "--tag", name,
                 "--copy-to", os.path.join(self.out, f"edsr_{name}.keras"), "--out", self.bench]
-        return argv
 
     def start_background(self, name, argv):
         log = os.path.join(os.path.dirname(self.runs), name.replace(" ", "_") + ".log")
@@ -346,10 +282,8 @@ class Check:
         self.step_done(name, status, time.monotonic() - start, background=True)
 
     def recipes(self):
-        self.time_budget = self.has_time_budget()
         asked, factor, plan = self.recipe_budgets()
-        self.record({"benchmark": "plan", "asked_s": asked, "scale": round(factor, 3), **plan,
-                     "time_budget_key": self.time_budget})
+        self.record({"benchmark": "plan", "asked_s": asked, "scale": round(factor, 3), **plan})
         x2_model = os.path.join(self.runs, "x2", "model.keras")
         if "x2" in self.steps:
             budget = max(int(asked["x2"] * factor), 10 if self.mode == "run" else 2)
@@ -446,11 +380,6 @@ def _json_lines(lines):
             except ValueError:
                 pass
     return found
-
-
-def _combine(statuses):
-    bad = [s for s in statuses if s != "ok"]
-    return "ok" if not bad else ", ".join(bad)
 
 
 def main(argv=None):

@@ -71,16 +71,6 @@ def test_recipe_budgets_shrink_together_to_fit_the_deadline(check, monkeypatch):
     assert factor == 0.0
 
 
-def test_time_budget_key_is_read_from_the_config_source(check, monkeypatch):
-    from kx_vision.tasks import superres
-
-    monkeypatch.setenv("KX_TIME_BUDGET", "auto")
-    present = any(f.name == "time_budget" for f in __import__("dataclasses").fields(superres.Config))
-    assert check(10).has_time_budget() == present
-    monkeypatch.setenv("KX_TIME_BUDGET", "no")
-    assert check(10).has_time_budget() is False
-
-
 def test_evaluate_sets_copies_the_model_without_optimizer_and_scores_each_set(tmp_path, capsys):
     import keras
     from PIL import Image
