@@ -1,5 +1,5 @@
-"""What every command-line entry point shares: quiet start-up, one error handler, and `kx-vision`,
-the one console script (`kx-vision train superres ...` is `python -m kx_vision.train superres ...`).
+"""What every command-line entry point shares: quiet start-up, one error handler, one-line warnings, and
+`kx-vision`, the one console script (`kx-vision train superres ...` is `python -m kx_vision.train superres ...`).
 
 Imports nothing heavy, so that `--help` stays instant: Keras, TensorFlow and JAX are imported by
 the commands themselves, after their arguments are parsed.
@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import sys
+import warnings
 
 from kx_vision.errors import KxVisionError
 
@@ -99,15 +100,51 @@ def command_line_words(error):
     return message
 
 
+def _in_kx_vision(module_name):
+    return module_name == "kx_vision" or module_name.startswith("kx_vision.")
+
+
+def _issued_by_kx_vision(category, frame):
+    """Whether the warning being formatted is kx_vision's own: of a kx_vision category, or issued by kx_vision
+    code. `frame` is the formatter's caller; the issuer is the first frame below the `warnings` machinery (not
+    the file the warning names, which `stacklevel` may put in Keras, TensorFlow or the caller's code)."""
+    if _in_kx_vision(getattr(category, "__module__", "")):
+        return True
+    while frame is not None and frame.f_globals.get("__name__") in ("warnings", "_py_warnings"):
+        frame = frame.f_back
+    return frame is not None and _in_kx_vision(frame.f_globals.get("__name__", ""))
+
+
+@contextlib.contextmanager
+def plain_warnings():
+    """kx_vision's own warnings as one line, `warning: text`, instead of Python's `file:line: Category: text`
+    and source line; the warnings of other libraries keep Python's format."""
+    python_format = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if _issued_by_kx_vision(category, sys._getframe(1)):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        if warnings.formatwarning is formatwarning:
+            warnings.formatwarning = python_format
+
+
 def run(command, interrupted="interrupted"):
     """Run `command()` and turn the errors a user can act on into one line on stderr and an exit code:
     0 (done), 2 (bad input, or a file that cannot be written), 130 (Ctrl-C). `command` may return
-    an exit code of its own. Run as a command (`python -m kx_vision.X`, `kx-vision`), TensorFlow starts
-    quietly (`quiet_start_from_argv`) unless the command did that itself."""
+    an exit code of its own; kx_vision's warnings print as one line meanwhile (`plain_warnings`). Run as a
+    command (`python -m kx_vision.X`, `kx-vision`), TensorFlow starts quietly (`quiet_start_from_argv`) unless
+    the command did that itself."""
     if not _quiet_started and _command().startswith(("kx_vision", "kx-vision")):
         quiet_start_from_argv(sys.argv[1:])
     try:
-        code = command()
+        with plain_warnings():
+            code = command()
     except KxVisionError as error:
         print(f"error: {command_line_words(error)}", file=sys.stderr)
         return 2

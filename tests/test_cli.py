@@ -111,6 +111,35 @@ def test_an_unreadable_file_found_inside_the_input_pipeline_is_one_line(capsys):
     assert one_line_error(capsys) == "error: cannot read image 0.png: truncated"
 
 
+# A process of its own: pytest records warnings instead of formatting them.
+WARNING_SCRIPT = """
+import warnings
+from kx_vision import cli
+from kx_vision.optimizers import warmup_steps
+
+def plan():  # warmup_steps warns with stacklevel=3: the warning names this script's file, not kx_vision's
+    return warmup_steps(100, 10)
+
+def command():
+    plan()
+    warnings.warn("from another library")
+
+cli.run(command)
+warnings.warn("after the command")
+"""
+
+
+def test_a_warning_of_kx_vision_is_one_line_while_a_command_runs():
+    done = subprocess.run([sys.executable, "-c", WARNING_SCRIPT], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert ("warning: optimizer.warmup_steps=100 is more than a quarter of the 10 planned steps; warming up over 2 "
+            "steps instead") in lines
+    assert "<string>:11: UserWarning: from another library" in lines  # another's keeps Python's format
+    assert "<string>:14: UserWarning: after the command" in lines  # and so does everything once the command ends
+
+
 @pytest.mark.skipif(shutil.which("kx-vision") is None, reason="the kx-vision console script is installed by "
                     "`pip install -e .` (it is, in CI)")
 def test_installed_console_script_runs_a_command():
