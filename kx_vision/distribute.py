@@ -18,8 +18,8 @@ same config gives the same optimisation on 1 or N devices. Checkpoints hold plai
 per-device prefixes), so a run saved on N devices resumes on one and vice versa.
 
 Datasets: every worker builds the same seeded pipeline; Keras splits each global batch between workers
-(TensorFlow: auto-shard policy `DATA`, since the pipelines sample in-memory images and have no files to
-divide; JAX: `rebatch` + `shard` by process). Validation batches are repeated once per replica, so every
+(TensorFlow: auto-shard policy `DATA`, since the pipelines are made by Python code in tf.data and have no
+files to divide; JAX: `rebatch` + `shard` by process). Validation batches are repeated once per replica, so every
 replica evaluates the whole batch and all metrics (means, IoU confusion counts) are exact whatever the
 batch sizes; validation then takes as long as on one device.
 
