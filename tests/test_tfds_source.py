@@ -1,6 +1,7 @@
 """tensorflow-datasets as an image source (`kx_vision.data.tfds_source`), on tfds's mock data."""
 
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -482,8 +483,15 @@ def test_segmentation_tfds_masks_outside_the_classes_stop_and_label_maps_are_che
         # Without the map, trimap value 3 is no class of 3: the probe stops before training.
         for cache in ("never", "auto"):  # found by the probe, or while holding the set in memory
             with pytest.raises(DataError, match=r"none of the .*training image/mask pairs can be used; the first: "
-                                                r"mask of .*tfds:oxford_iiit_pet:train.* has values \[3\] outside"):
+                                                r"mask of .*tfds:oxford_iiit_pet:train.* has values \[3\] outside"), \
+                    warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 _segmentation_config("data.label_map=[]", f"data.cache={cache}").build_data()
+            skipped = [str(w.message) for w in caught if w.category is SkippedDataWarning]
+            # Held in memory, the pairs read before the set was found wrong are reported, as one warning.
+            assert skipped == ([] if cache == "never" else ["while loading them: skipped 4 unusable training "
+                               "image/mask pair(s) of 4 (0 of tfds:oxford_iiit_pet:train, 1 of tfds:oxford_iiit_pet:"
+                               "train, 2 of tfds:oxford_iiit_pet:train, 3 of tfds:oxford_iiit_pet:train)"]), skipped
     with pytest.raises(ConfigError, match=r"'data.label_map' takes VALUE:CLASS items"):
         _segmentation_config("data.label_map=1-1").check_config()
     with pytest.raises(ConfigError, match="'data.val_images' is empty"):
