@@ -29,14 +29,15 @@ def _size_mib(path):
 
 def score(spec, data, scale=None):
     """`(record, mean)` of one model or export on the images of `data`."""
-    from kx_vision import evaluate, inference, runtimes
+    from kx_vision import evaluate
+    from kx_vision.inference import runtimes, tiling
 
     if runtimes.is_export(spec):
         predict, scale = runtimes.resolve_superres(spec, scale, "auto", "deploy_psnr")
         card = runtimes.read_export(spec).card
         kind, quantize = card["format"], card.get("quantize", "none")
     else:
-        predict, scale = inference.resolve_superres_model(spec, scale, command="deploy_psnr")
+        predict, scale = tiling.resolve_superres_model(spec, scale, command="deploy_psnr")
         kind, quantize = "keras", "none"
     _, mean = evaluate.score_superres(predict, evaluate.iter_hr_images(data), scale)
     size = _size_mib(spec)

@@ -7,16 +7,16 @@ python -m benchmarks.deploy_speed [--model FILE_OR_PRESET] [--threads 2] [--repe
 python -m benchmarks.deploy_speed --quick --repeats 1   # a tiny EDSR and tiny images: every path runs end to end
 
 Without `--model`, an EDSR baseline x2 (16 blocks x 64 filters; weights do not change the time) is built.
-Cases: a 512 x 512 image upscaled in one call (`inference.predict_whole`) and a 2048 x 2048 one tiled (256 px
-tiles, 32 px overlap: `inference.predict_tiled`, as `kx-vision predict` does); `--cases` picks some. Each path and
+Cases: a 512 x 512 image upscaled in one call (`tiling.predict_whole`) and a 2048 x 2048 one tiled (256 px
+tiles, 32 px overlap: `tiling.predict_tiled`, as `kx-vision predict` does); `--cases` picks some. Each path and
 case runs in a process of its own (so its peak RSS is its own), pinned to the same `--threads` cores, with each
 runtime's thread count set to match. Before anything is timed, the path's output on a reference input must agree
 with the Keras model's within 1e-3 (else the path is reported as failed, untimed); then one warm-up run (compilation,
 memory plans, every tile shape) and the median of `--repeats`. One JSON line per path and case (output
 megapixels/s, seconds, peak RSS and the RSS once the model was loaded, MiB), also appended to `--out`; then a
 Markdown table for BENCHMARKS.md (the command, the date, the device; each path's speed against PyTorch eager) and
-the fastest path, the order of `kx_vision.runtimes.FASTEST_FIRST`. The exported paths import Keras (numpy backend)
-for kx_vision's tiling: a few hundred MiB of their RSS that a deployment without kx_vision does not carry (compare
+the fastest path, the order of `kx_vision.inference.runtimes.FASTEST_FIRST`. The exported paths import Keras
+(numpy backend) for kx_vision's tiling: a few hundred MiB of their RSS that a deployment without kx_vision does not carry (compare
 the growth, peak minus loaded). A path whose package is missing (PyTorch is not a dependency: `pip install torch`),
 or `torch.compile` where it cannot compile, is reported as skipped with the reason.
 
@@ -161,7 +161,7 @@ def _load(path, folder, threads):
     if path.startswith("keras"):
         import keras
 
-        from kx_vision import inference
+        from kx_vision.inference import tiling
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
@@ -169,8 +169,8 @@ def _load(path, folder, threads):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
         model = keras.saving.load_model(os.path.join(folder, "model.keras"))
-        return inference.as_predict_fn(model), None
-    from kx_vision import runtimes
+        return tiling.as_predict_fn(model), None
+    from kx_vision.inference import runtimes
 
     module, package = runtimes.PACKAGES[path]
     if importlib.util.find_spec(module.split(".")[0]) is None:
@@ -198,7 +198,7 @@ def _measure(args):
     """In the path's own process: one JSON line for the case `args.case`."""
     import numpy as np
 
-    from kx_vision import inference
+    from kx_vision.inference import tiling
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
@@ -220,8 +220,8 @@ def _measure(args):
 
     def run():
         if tile:
-            return inference.predict_tiled(predict, image, scale, tile=tile, overlap=overlap)
-        return inference.predict_whole(predict, image)
+            return tiling.predict_tiled(predict, image, scale, tile=tile, overlap=overlap)
+        return tiling.predict_whole(predict, image)
 
     run()  # warm-up: compilation, memory plans, every tile shape
     times = []
@@ -296,7 +296,7 @@ def _speeds(measured):
 
 
 def ranking(records):
-    """kx_vision's paths fastest first, as `kx_vision.runtimes.FASTEST_FIRST` (Keras at its faster backend's
+    """kx_vision's paths fastest first, as `kx_vision.inference.runtimes.FASTEST_FIRST` (Keras at its faster backend's
     place), and the fastest one's speed over PyTorch eager's (None without PyTorch)."""
     speed = _speeds([r for r in records if "seconds" in r])
     keras = max((speed[p] for p in ("keras_tensorflow", "keras_jax") if p in speed), default=None)
@@ -366,7 +366,7 @@ def main(argv=None):
     order, ratio = ranking(records)
     print(_header(args, records, model) + "\n" + text)
     print(f"fastest: {fastest}")
-    print(f"kx_vision's paths, fastest first (kx_vision.runtimes.FASTEST_FIRST): FASTEST_FIRST = {order!r}")
+    print(f"kx_vision's paths, fastest first (kx_vision.inference.runtimes.FASTEST_FIRST): FASTEST_FIRST = {order!r}")
     if ratio is not None:
         print(f"kx_vision's fastest path ({order[0]}) / PyTorch eager: {ratio:.2f}x (issue 27's goal: 1.5x)")
     return 0

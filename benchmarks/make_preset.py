@@ -78,9 +78,10 @@ def plot_curve(minutes, psnr, published, path, title):
 
 
 def score(spec, data, scale, self_ensemble=False, save_examples=None):
-    from kx_vision import evaluate, inference
+    from kx_vision import evaluate
+    from kx_vision.inference import tiling
 
-    predict_fn, scale = inference.resolve_superres_model(spec, scale)
+    predict_fn, scale = tiling.resolve_superres_model(spec, scale)
     names, images = evaluate.load_hr_images(data)
     rows, mean = evaluate.evaluate(predict_fn, names, images, scale, self_ensemble, save_examples)
     return rows, mean

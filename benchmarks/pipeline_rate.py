@@ -52,8 +52,8 @@ def one(folder, pipeline, mode, kind, batches, scratch):
     import keras
 
     from kx_vision import config as config_lib
-    from kx_vision import trainer
     from kx_vision.tasks import superres
+    from kx_vision.training import trainer
 
     steps = WARMUP + batches
     if folder.startswith("tfds:"):

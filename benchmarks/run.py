@@ -165,8 +165,8 @@ def bench_edsr_train(args):
     import keras
 
     from kx_vision import config as config_lib
-    from kx_vision import trainer
     from kx_vision.tasks import superres
+    from kx_vision.training import trainer
 
     blocks, filters = (4, 32) if args.quick else (16, 64)
     for precision in args.precision:
@@ -196,7 +196,7 @@ def bench_unet_train(args):
 
     from kx_vision.losses import SegmentationLoss
     from kx_vision.models import UNet
-    from kx_vision.optimizers import Adam
+    from kx_vision.training.optimizers import Adam
 
     height, width, batch = (96, 128, 2) if args.quick else (384, 480, 8)
     for precision in args.precision:

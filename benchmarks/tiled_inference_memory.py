@@ -29,17 +29,17 @@ def main():
     import keras
     import numpy as np
 
-    from kx_vision import inference
+    from kx_vision.inference import tiling
     from kx_vision.models import EDSR
 
     model = EDSR(scale=args.scale, num_blocks=args.num_blocks, num_filters=args.num_filters)
-    predict = inference.as_predict_fn(model)
+    predict = tiling.as_predict_fn(model)
     rng = np.random.default_rng(0)
     image = rng.random((args.size, args.size, 3), dtype=np.float32)
     predict(image[None, : args.tile, : args.tile])  # warm-up: compile / allocate once
     before = rss_mib()
     start = time.perf_counter()
-    out = inference.predict_tiled(predict, image, args.scale, tile=args.tile, overlap=args.overlap)
+    out = tiling.predict_tiled(predict, image, args.scale, tile=args.tile, overlap=args.overlap)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({

@@ -234,9 +234,9 @@ class PatchSampler:
 def cosine_schedule(learning_rate, warmup_steps):
     """kx_vision's `time_schedule` cosine: `rate(fraction of the budget spent, steps taken)`."""
     try:
-        from kx_vision.optimizers import time_schedule
+        from kx_vision.training.optimizers import time_schedule
     except ImportError:  # where it still lives in the trainer
-        from kx_vision.trainer import time_schedule
+        from kx_vision.training.trainer import time_schedule
 
     optimizer = types.SimpleNamespace(learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps)
     return time_schedule(types.SimpleNamespace(optimizer=optimizer))

@@ -32,7 +32,7 @@ def main(argv=None):
 
     from kx_vision import config as cfg
     from kx_vision.tasks import get_task
-    from kx_vision.trainer import Trainer
+    from kx_vision.training.trainer import Trainer
 
     original = keras.Model.compile
 

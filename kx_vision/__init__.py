@@ -15,9 +15,14 @@ The map (each submodule is loaded on first use, `kx_vision.models` for instance)
 - `layers`: `PixelShuffle` and `ICNR`, `ResidualBlock`, `ReflectionPadding2D`, `Blur2D`, ...
 - `losses`: `PerceptualLoss`, `StyleTransferLoss`, `SegmentationLoss`.
 - `metrics`: `psnr`, `ssim` (functions) and `PSNR`, `SSIM`, `PixelAccuracy`, `Dice` (Keras metrics).
-- `optimizers`: `Adam`, `AdamW`, `SGD` with per-group learning rates; the `OneCycle` schedule.
-- `inference`: whole-image and tiled prediction, the x8 self-ensemble.
-- `trainer` and `tasks`: the training API (`trainer.Trainer`, `trainer.fit`, `tasks.get_task`).
+- `optimizers` (`training.optimizers`): `Adam`, `AdamW`, `SGD` with per-group learning rates; the `OneCycle`
+  schedule.
+- `inference`: whole-image and tiled prediction, the x8 self-ensemble (`inference.tiling`, whose functions are
+  the package's own); pictures of results (`inference.pictures`); exported models in their runtimes
+  (`inference.runtimes`).
+- `training` and `tasks`: the training API (`training.trainer.Trainer`, `training.trainer.fit`,
+  `tasks.get_task`); `trainer`, `callbacks` and `visualize` name `training.trainer`, `training.callbacks`
+  and `inference.pictures`.
 - `export`: a `.keras` model as a TensorFlow SavedModel.
 - `errors`: `KxVisionError`, the base of every error the package raises on purpose.
 
@@ -37,18 +42,21 @@ import warnings
 
 from kx_vision.version import __version__  # noqa: F401
 
-# Submodules reachable as attributes, imported on first use (module `__getattr__`, PEP 562).
-SUBMODULES = ("backbones", "callbacks", "config", "data", "errors", "export", "inference", "layers", "losses",
-              "metrics", "models", "optimizers", "tasks", "trainer", "visualize")
+# Submodules reachable as attributes, imported on first use (module `__getattr__`, PEP 562): name -> module.
+SUBMODULES = {name: f"{__name__}.{name}" for name in (
+    "backbones", "config", "data", "errors", "export", "inference", "layers", "losses", "metrics", "models",
+    "tasks", "training")}
+SUBMODULES |= {"callbacks": f"{__name__}.training.callbacks", "optimizers": f"{__name__}.training.optimizers",
+               "trainer": f"{__name__}.training.trainer", "visualize": f"{__name__}.inference.pictures"}
 
 # The modules whose import registers every public serializable object, lowest floor first.
 _REGISTERING = ("kx_vision.layers", "kx_vision.backbones", "kx_vision.losses", "kx_vision.metrics",
-                "kx_vision.optimizers", "kx_vision.models")
+                "kx_vision.models", "kx_vision.training.optimizers")
 
 
 def __getattr__(name):
     if name in SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return importlib.import_module(SUBMODULES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -43,4 +43,4 @@ class WeightsUnavailableError(KxVisionError, RuntimeError):
 
 
 class TrainingDiverged(KxVisionError):
-    """The training loss became NaN or infinite (`kx_vision.trainer`); the message says what was kept."""
+    """The training loss became NaN or infinite (`kx_vision.training.trainer`); the message says what was kept."""

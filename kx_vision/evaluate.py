@@ -15,7 +15,7 @@ Both commands read, predict and score one image at a time (its rows or confusion
 pixels not), so memory does not grow with the number of images (of a folder or a `tfds:` set); unreadable files are skipped with a warning and counted, and an image and mask of different sizes
 stop the run before any prediction.
 
-`--save-examples DIR` writes what the numbers measure, as lossless PNGs (`kx_vision.visualize`): for
+`--save-examples DIR` writes what the numbers measure, as lossless PNGs (`kx_vision.inference.pictures`): for
 super-resolution, per image, bicubic | model | ground truth with their Y-PSNR, and a zoomed crop of each
 (`<name>_x<scale>_<psnr>dB.png`); for segmentation, per image, the image, the truth and the prediction in
 class colours (`<name>.png`), and `confusion_matrix.png`.
@@ -72,13 +72,14 @@ def evaluate(predict, names, images, scale, self_ensemble=False, save_examples=N
 def score_superres(predict, items, scale, self_ensemble=False, save_examples=None):
     """Per-image rows `{"image", "psnr", "ssim", "psnr_rgb"}` and their mean, over `(name, image)` items
     taken one at a time (an iterator such as `iter_hr_images`: only the image being scored is held). With
-    `save_examples` (a folder), each image's `visualize.superres_strip` is written there too, and its row gets
+    `save_examples` (a folder), each image's `pictures.superres_strip` is written there too, and its row gets
     the file (`"example"`) and the Y-PSNR of bicubic upscaling (`"bicubic_psnr"`)."""
-    from kx_vision import inference, metrics
+    from kx_vision import metrics
     from kx_vision.data import transforms
+    from kx_vision.inference import tiling
 
     if self_ensemble:
-        predict = inference.self_ensemble(predict)
+        predict = tiling.self_ensemble(predict)
     rows, taken = [], set()
     for name, image in items:
         hr = transforms.crop_to_multiple(image, scale)[None].astype(np.float32) / 255.0
@@ -86,7 +87,7 @@ def score_superres(predict, items, scale, self_ensemble=False, save_examples=Non
         if min(hr.shape[1:3]) < scale * 2 + 11:
             raise KxVisionError(f"evaluation image {name} is too small for x{scale} scoring")
         lr = np.asarray(transforms.bicubic_downscale(hr, scale))
-        sr = inference.predict_whole(predict, lr[0])[None].astype(np.float32) / 255.0
+        sr = tiling.predict_whole(predict, lr[0])[None].astype(np.float32) / 255.0
         rows.append(
             {
                 "image": name,
@@ -127,13 +128,14 @@ def example_name(name, taken):
 
 def _save_superres_example(folder, row, lr, sr, hr, scale, taken):
     """bicubic | model | ground truth (and zoomed crops) of one image; `{"example", "bicubic_psnr"}`."""
-    from kx_vision import inference, metrics, visualize
+    from kx_vision import metrics
+    from kx_vision.inference import pictures, tiling
 
-    bicubic = inference.predict_whole(inference.bicubic(scale), lr)[None].astype(np.float32) / 255.0
+    bicubic = tiling.predict_whole(tiling.bicubic(scale), lr)[None].astype(np.float32) / 255.0
     bicubic_psnr = float(np.asarray(metrics.psnr(hr, bicubic, shave=scale))[0])
-    strip = visualize.superres_strip(bicubic[0], sr[0], hr[0], bicubic_psnr, row["psnr"])
+    strip = pictures.superres_strip(bicubic[0], sr[0], hr[0], bicubic_psnr, row["psnr"])
     path = os.path.join(folder, f"{example_name(row['image'], taken)}_x{scale}_{row['psnr']:.2f}dB.png")
-    visualize.save_png(strip, path)
+    pictures.save_png(strip, path)
     return {"example": path, "bicubic_psnr": bicubic_psnr}
 
 
@@ -235,7 +237,7 @@ def evaluate_segmentation(args):
     """Scores of a segmentation model on image/mask folders, each image at its own size, read, predicted and
     counted one at a time (memory does not grow with the number of images)."""
     from kx_vision.data.masks import PairReader, find_pairs, iter_pairs
-    from kx_vision.inference import as_predict_fn, check_task, checked_output
+    from kx_vision.inference.tiling import as_predict_fn, check_task, checked_output
     from kx_vision.metrics import scores_from_confusion
     from kx_vision.models.loading import load_model
 
@@ -260,10 +262,10 @@ def evaluate_segmentation(args):
     scores = scores_from_confusion(cm, names)
     scores["class_names_from"] = source
     if args.save_examples:
-        from kx_vision import visualize
+        from kx_vision.inference import pictures
 
         ignored = f"class {args.ignore_class} ignored" if args.ignore_class is not None else None
-        scores["confusion_matrix_png"] = visualize.save_confusion_matrix(
+        scores["confusion_matrix_png"] = pictures.save_confusion_matrix(
             cm, os.path.join(args.save_examples, "confusion_matrix.png"), names, ignored)
     return scores, count
 
@@ -299,18 +301,18 @@ def segmentation_confusion(predict, pairs, num_classes, ignore_class=None, on_pr
 def _segmentation_example_writer(folder, ignore_class, class_names):
     """`on_prediction` for `segmentation_confusion`: writes the image, its truth and the prediction in class
     colours, and a legend of the classes shown, to `folder/<image stem>.png`."""
-    from kx_vision import visualize
+    from kx_vision.inference import pictures
 
     taken = set()
-    names = class_names or [str(k) for k in range(len(visualize.PALETTE))]
+    names = class_names or [str(k) for k in range(len(pictures.PALETTE))]
 
     def save(name, image, mask, probabilities):
-        labels = visualize.class_ids(probabilities)[0]
-        panels, captions = visualize.segmentation_row(image, mask, labels, ignore_class)
+        labels = pictures.class_ids(probabilities)[0]
+        panels, captions = pictures.segmentation_row(image, mask, labels, ignore_class)
         shown = sorted(set(np.unique(labels).tolist()) | (set(np.unique(mask).tolist()) - {ignore_class}))
-        panels.append(visualize.legend([names[k] for k in shown], visualize.PALETTE[shown],
+        panels.append(pictures.legend([names[k] for k in shown], pictures.PALETTE[shown],
                                        max_height=image.shape[0]))
-        visualize.save_png(visualize.grid([panels], [captions + [None]]),
+        pictures.save_png(pictures.grid([panels], [captions + [None]]),
                            os.path.join(folder, f"{example_name(os.path.basename(name), taken)}.png"))
 
     return save
@@ -332,7 +334,7 @@ def main_segmentation(args):
 
 
 def main_superres(args):
-    from kx_vision.inference import resolve_superres_model
+    from kx_vision.inference.tiling import resolve_superres_model
 
     predict, scale = resolve_superres_model(args.model, args.scale, command="evaluate superres")
     items = iter_hr_images(args.data, args.limit)

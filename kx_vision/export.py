@@ -9,8 +9,8 @@ Formats:
   models from JAX: one line says so). Inputs take any batch, height and width (LiteRT: through the interpreter's
   input resize); the LiteRT file uses builtin operators only (the pixel shuffle is one DEPTH_TO_SPACE).
   `--quantize float16|dynamic_int8|int8` (LiteRT; float16 also for ONNX and OpenVINO), int8 with
-  `--calibration-data FOLDER`. `kx_vision.runtimes` runs them (`predict --runtime`); the converters and runtimes
-  are the optional extra `pip install -e ".[export]"`.
+  `--calibration-data FOLDER`. `kx_vision.inference.runtimes` runs them (`predict --runtime`); the converters and
+  runtimes are the optional extra `pip install -e ".[export]"`.
 
 Endpoints (any batch, height and width the model takes):
 - `serve` (the default signature; `model.*`): float32 RGB in [0, 1], shape `(N, H, W, 3)` — exactly the Keras
@@ -44,9 +44,10 @@ import warnings
 
 import numpy as np
 
-from kx_vision import cli, runtimes
+from kx_vision import cli
 from kx_vision.errors import KxVisionError
 from kx_vision.fileio import atomic_folder, remove_stale_temporaries
+from kx_vision.inference import runtimes
 from kx_vision.version import __version__
 
 FORMATS = ("tf_saved_model",) + runtimes.FORMATS
@@ -207,8 +208,8 @@ def export_model(model, out_dir, force=False, format="tf_saved_model", uint8_end
 
     `format`: "tf_saved_model" (a SavedModel with `serve` and `serve_uint8` signatures), "onnx", "litert" or
     "openvino" (a folder with `model.<ext>`, `model_uint8.<ext>` and the card `kx_vision.json`; see
-    `kx_vision.runtimes`). `outputs`: "image" clips the float endpoint's output to [0, 1] and makes the uint8 one
-    return rounded uint8 images; "raw" returns the model's output unchanged from both; "auto" (default) is
+    `kx_vision.inference.runtimes`). `outputs`: "image" clips the float endpoint's output to [0, 1] and makes the
+    uint8 one return rounded uint8 images; "raw" returns the model's output unchanged from both; "auto" (default) is
     "image" for EDSR and StyleTransferNet, "raw" otherwise (segmentation probabilities are in [0, 1] already).
     `quantize`: see `QUANTIZE_FOR`; "int8" measures value ranges on `calibration_data`, a folder of images.
     `source`: the file the model came from, refused as part of `out_dir`. Returns the absolute `out_dir`."""
@@ -374,10 +375,10 @@ def _write_runtime_export(model, folder, format, outputs, uint8_endpoint, quanti
 
 
 def export_card(model, format, outputs, quantize, endpoints, calibration=None):
-    """What `kx_vision.runtimes` (and a reader) needs to know of an export: `kx_vision.json`."""
+    """What `kx_vision.inference.runtimes` (and a reader) needs to know of an export: `kx_vision.json`."""
     import keras
 
-    from kx_vision.inference import model_task
+    from kx_vision.inference.tiling import model_task
     from kx_vision.models import StyleTransferNet
 
     task = model_task(model)

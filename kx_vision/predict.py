@@ -12,10 +12,10 @@ decompression-bomb limit (about 179 megapixels: twice `PIL.Image.MAX_IMAGE_PIXEL
 `--allow-large-images`.
 
 Exported models: `--model FOLDER` of `kx-vision export --format onnx|litert|openvino` runs in ONNX Runtime, LiteRT
-or OpenVINO, with the same tiling, image I/O and outputs as the Keras path (`kx_vision.runtimes`). By default an
-export folder runs in its own runtime and anything else in Keras; `--runtime auto` runs a .keras file or a preset
-in kx_vision's fastest installed runtime (`runtimes.FASTEST_FIRST`), on an export made once into the cache
-(`~/.cache/kx_vision/exports`) and reused, or in Keras when no runtime can (one line says which).
+or OpenVINO, with the same tiling, image I/O and outputs as the Keras path (`kx_vision.inference.runtimes`). By
+default an export folder runs in its own runtime and anything else in Keras; `--runtime auto` runs a .keras file or
+a preset in kx_vision's fastest installed runtime (`runtimes.FASTEST_FIRST`), on an export made once into the
+cache (`~/.cache/kx_vision/exports`) and reused, or in Keras when no runtime can (one line says which).
 
 Outputs are lossless PNGs named `<input stem>_<suffix>.png` (`photo_x2.png`; `_mask` and `_overlay` for
 segmentation, `_styled` for style), each written atomically (a hidden `.tmp-<pid>-<name>` renamed into
@@ -163,27 +163,27 @@ def _process(inputs, output, allow_large, load):
 def run(model_path, inputs, output, tile=256, overlap=64, allow_large=False, self_ensemble=False,
         scale=None, runtime=None):
     """Writes `<stem>_x<scale>.png`, super-resolved tile by tile (`tile=0`: in one piece). `runtime`: see
-    `kx_vision.runtimes.select` (None: an export folder in its runtime, anything else in Keras; "auto": the
+    `kx_vision.inference.runtimes.select` (None: an export folder in its runtime, anything else in Keras; "auto": the
     fastest installed runtime)."""
 
     def load():
         from PIL import Image
 
-        from kx_vision import inference, runtimes
+        from kx_vision.inference import runtimes, tiling
 
         export = runtimes.select(model_path, runtime)
         if export:
             predict, model_scale = runtimes.resolve_superres(export, scale, runtime, "predict superres",
                                                              name=model_path)
         else:
-            predict, model_scale = inference.resolve_superres_model(model_path, scale, command="predict superres")
+            predict, model_scale = tiling.resolve_superres_model(model_path, scale, command="predict superres")
         if self_ensemble:
-            predict = inference.self_ensemble(predict)
+            predict = tiling.self_ensemble(predict)
 
         def render(path, image):
             lr = image.astype(np.float32) / 255.0
-            sr = inference.predict_tiled(predict, lr, model_scale, tile=tile, overlap=overlap) if tile else \
-                inference.predict_whole(predict, lr)
+            sr = tiling.predict_tiled(predict, lr, model_scale, tile=tile, overlap=overlap) if tile else \
+                tiling.predict_whole(predict, lr)
             return [Image.fromarray(sr)]
 
         return [f"x{model_scale}"], render
@@ -198,16 +198,16 @@ def run_segmentation(model_path, inputs, output, allow_large=False, alpha=0.5, r
     def load():
         from PIL import Image
 
-        from kx_vision import inference, runtimes
+        from kx_vision.inference import runtimes, tiling
+        from kx_vision.inference.pictures import PALETTE  # the colours of every picture of classes
         from kx_vision.models.loading import load_model
-        from kx_vision.visualize import PALETTE  # the colours of every picture of classes
 
         export = runtimes.select(model_path, runtime)
         if export:
             predict, _ = runtimes.resolve(export, "segmentation", runtime, "predict segmentation", name=model_path)
         else:
-            model = inference.check_task(load_model(model_path), model_path, "segmentation", "predict segmentation")
-            predict = inference.checked_output(inference.as_predict_fn(model), model_path, "segmentation",
+            model = tiling.check_task(load_model(model_path), model_path, "segmentation", "predict segmentation")
+            predict = tiling.checked_output(tiling.as_predict_fn(model), model_path, "segmentation",
                                                channels=getattr(model, "num_classes", None))
 
         def render(path, image):
@@ -230,7 +230,7 @@ def run_style(model_path, inputs, output, allow_large=False, runtime=None):
     def load():
         from PIL import Image
 
-        from kx_vision import inference, runtimes
+        from kx_vision.inference import runtimes, tiling
         from kx_vision.models import StyleTransferNet
         from kx_vision.models.loading import load_model
 
@@ -239,9 +239,9 @@ def run_style(model_path, inputs, output, allow_large=False, runtime=None):
             predict, card = runtimes.resolve(export, "style", runtime, "predict style", name=model_path)
             minimum = card.get("min_size", 1)
         else:
-            model = inference.check_task(load_model(model_path), model_path, "style", "predict style")
+            model = tiling.check_task(load_model(model_path), model_path, "style", "predict style")
             minimum = StyleTransferNet.min_size(getattr(model, "num_blocks", 5))
-            predict = inference.checked_output(inference.as_predict_fn(model), model_path, "style")
+            predict = tiling.checked_output(tiling.as_predict_fn(model), model_path, "style")
 
         def render(path, image):
             if min(image.shape[:2]) < minimum:

@@ -1,6 +1,6 @@
 """Train a task: `python -m kx_vision.train TASK [--config FILE] [--set key=value ...] [--output DIR]`.
 
-The command line of `kx_vision.trainer`: it parses the arguments, reads the config (YAML file, then
+The command line of `kx_vision.training.trainer`: it parses the arguments, reads the config (YAML file, then
 `--set` overrides, every key checked) and calls `trainer.fit` (or `trainer.find_learning_rate`). What a
 run writes and how it resumes is described there and in the README's "What happens when...".
 """
@@ -55,7 +55,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
 
     def command():
-        from kx_vision import trainer
+        from kx_vision.training import trainer
 
         task = get_task(args.task)
         config = config_lib.load(task.Config, args.config, args.assignments)

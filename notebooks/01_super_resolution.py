@@ -119,7 +119,7 @@ print("largest difference inside a 2x2 block with ICNR:", float(np.ptp(blocks, a
 
 # %%
 from kx_vision import config as config_lib
-from kx_vision.trainer import Trainer
+from kx_vision.training.trainer import Trainer
 
 
 def train(settings, task=superres.Task):
@@ -191,7 +191,7 @@ for name in compared:
 # %%
 from IPython.display import Image as PNG
 
-from kx_vision import visualize
+from kx_vision.inference import pictures
 from kx_vision.metrics import ssim
 
 upscaled = {"bicubic": [np.asarray(transforms.bicubic_upscale(lr, 2)) for lr, _ in val_pairs]}
@@ -210,15 +210,15 @@ for name, images in upscaled.items():
     scores = np.mean([quality(truth, image) for truth, image in zip(truths, images)], axis=0)
     print(f"{name:<11s} {scores[0]:6.2f}  {scores[1]:6.4f}")
 
-truth_crop = visualize.center_crop(truths[0][0], 80, 80)  # the first validation image
+truth_crop = pictures.center_crop(truths[0][0], 80, 80)  # the first validation image
 panels, captions = [], []
 for name, images in upscaled.items():
-    crop = visualize.center_crop(images[0][0], 80, 80)
+    crop = pictures.center_crop(images[0][0], 80, 80)
     crop_psnr, crop_ssim = quality(truth_crop[None], crop[None])
     panels.append(crop)
     captions.append(f"{name} {crop_psnr:.2f} dB {crop_ssim:.3f}")
 panels, captions = panels + [truth_crop], captions + ["ground truth"]
-PNG(visualize.png_bytes(visualize.grid([[visualize.zoom(visualize.to_uint8(p), 2) for p in panels]], [captions])))
+PNG(pictures.png_bytes(pictures.grid([[pictures.zoom(pictures.to_uint8(p), 2) for p in panels]], [captions])))
 
 # %% [markdown]
 # ## Grow x2 into x4

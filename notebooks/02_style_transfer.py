@@ -130,7 +130,7 @@ except WeightsUnavailableError:
 
 # %%
 from kx_vision import config as config_lib
-from kx_vision.trainer import Trainer
+from kx_vision.training.trainer import Trainer
 
 if HAVE_VGG16:
     settings = [f"style_image={style_path}"] + (

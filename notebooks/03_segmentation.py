@@ -94,7 +94,7 @@ print("classes:", ", ".join(seg_task.CAMVID_CLASSES))
 # %%
 import logging
 
-from kx_vision.trainer import Trainer
+from kx_vision.training.trainer import Trainer
 
 logging.getLogger("kx_vision").setLevel(logging.WARNING)  # the trainer's reports: the tables below sum them up
 
@@ -129,7 +129,7 @@ for name, scores in results.items():
 from IPython.display import Image as PNG
 from PIL import Image
 
-from kx_vision import visualize
+from kx_vision.inference import pictures
 
 val_pairs = find_pairs([str(camvid / "val")], [str(camvid / "valannot")])
 palette8 = np.round(palette * 255).astype(np.uint8)
@@ -143,13 +143,13 @@ def val_frames_at(height, width, count):
 
 
 (frame,), (truth,) = val_frames_at(*config_lib.load(seg_task.Config, None, small).data.image_size, 1)
-panels, captions = [frame, visualize.overlay(frame, truth, 0.45, 11, palette8)], ["frame", "truth"]
+panels, captions = [frame, pictures.overlay(frame, truth, 0.45, 11, palette8)], ["frame", "truth"]
 labelled = truth != 11  # void pixels are not scored
 for name, model in models.items():
-    predicted = visualize.class_ids(model.predict(frame[None], verbose=0)[0])
-    panels.append(visualize.overlay(frame, predicted, 0.45, None, palette8))
+    predicted = pictures.class_ids(model.predict(frame[None], verbose=0)[0])
+    panels.append(pictures.overlay(frame, predicted, 0.45, None, palette8))
     captions.append(f"{name}: {100 * np.mean(predicted[labelled] == truth[labelled]):.0f}% right")
-PNG(visualize.png_bytes(visualize.grid([[visualize.zoom(visualize.to_uint8(p), 4) for p in panels]], [captions])))
+PNG(pictures.png_bytes(pictures.grid([[pictures.zoom(pictures.to_uint8(p), 4) for p in panels]], [captions])))
 
 # %% [markdown]
 # ## IoU and dice per class

@@ -25,8 +25,8 @@ if keras.backend.backend() == "tensorflow" and sys.argv[1] != "worker":
 
 from tests_helpers import CrashAfterFirstEpoch, DumpWeights, EpochsSeen, tiny_config  # noqa: E402
 
-from kx_vision import distribute, trainer  # noqa: E402
 from kx_vision.tasks import superres  # noqa: E402
+from kx_vision.training import distribute, trainer  # noqa: E402
 
 
 def build(name, upsampling="pixel_shuffle"):
@@ -143,8 +143,8 @@ def worker(folder, out):
 
 
 def worker_unfixed(folder, out):
-    """`worker` without kx_vision.keras_fixes.MultiWorkerFit: fails while Keras still needs it."""
-    from kx_vision import keras_fixes
+    """`worker` without kx_vision.training.keras_fixes.MultiWorkerFit: fails while Keras still needs it."""
+    from kx_vision.training import keras_fixes
 
     keras_fixes.MultiWorkerFit.apply = classmethod(lambda cls, model, strategy: model)
     worker(folder, out)

@@ -372,7 +372,7 @@ def case_segmentation_metrics(ctx):
 @case
 def case_optimizers(ctx):
     """Three updates of fixed gradients: per-group rates, one-cycle rate and momentum schedules."""
-    from kx_vision.optimizers import SGD, Adam, one_cycle
+    from kx_vision.training.optimizers import SGD, Adam, one_cycle
 
     out = {}
     gradients = [ctx.rng.normal(size=(3, 4)).astype("float32") for _ in range(3)]

@@ -8,6 +8,7 @@ import pydoc
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import keras
 import numpy as np
@@ -16,12 +17,13 @@ from conftest import REPO
 from keras import ops
 
 import kx_vision
-from kx_vision import cli, inference
+from kx_vision import cli
 from kx_vision.errors import ArgumentError, KxVisionError
+from kx_vision.inference import tiling
 from kx_vision.losses import PerceptualLoss
 from kx_vision.metrics import PSNR, SSIM, psnr, ssim
 from kx_vision.models import EDSR, FPN, StyleTransferNet, UNet, UpsampleHeadNet
-from kx_vision.optimizers import SGD, Adam, one_cycle
+from kx_vision.training.optimizers import SGD, Adam, one_cycle
 
 JAX = keras.backend.backend() == "jax"
 SEGMENTATION = dict(backbone="simple", backbone_weights=None)
@@ -124,10 +126,31 @@ def fresh(tmp_path_factory):
 def test_saved_models_load_after_import_kx_vision_alone(fresh):
     edsr, unet = (fresh["loaded"][str(path)] for path in fresh["models"])
     # Before: `Could not locate function 'psnr'`, `Could not locate class 'Adam'`, and the VGG16 file missing.
-    assert (edsr["class"], edsr["loss"], edsr["optimizer"]) == ("EDSR", "PerceptualLoss", "kx_vision.optimizers")
-    assert (unet["class"], unet["loss"], unet["optimizer"]) == ("UNet", "SegmentationLoss", "kx_vision.optimizers")
+    optimizers = "kx_vision.training.optimizers"
+    assert (edsr["class"], edsr["loss"], edsr["optimizer"]) == ("EDSR", "PerceptualLoss", optimizers)
+    assert (unet["class"], unet["loss"], unet["optimizer"]) == ("UNet", "SegmentationLoss", optimizers)
     # VGG16 (7 MB for the three blocks) is not saved with the loss: the file holds EDSR and Adam's state.
     assert fresh["models"][0].stat().st_size < 300_000
+
+
+def test_a_model_saved_before_the_folder_layout_loads(tmp_path):
+    # A .keras file written before issue 28 part 4 names `kx_vision.optimizers` as its optimizer's and schedules'
+    # module; the registered names (`kx_vision>Adam`) find the classes in `kx_vision.training.optimizers`.
+    path = _compiled_edsr(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = files["config.json"].decode()
+    assert config.count('"kx_vision.training.optimizers"') >= 3  # Adam and its two one-cycle schedules
+    files["config.json"] = config.replace('"kx_vision.training.optimizers"', '"kx_vision.optimizers"').encode()
+    before = tmp_path / "before.keras"
+    with zipfile.ZipFile(before, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    model = keras.saving.load_model(before)
+    assert type(model.optimizer) is Adam and int(ops.convert_to_numpy(model.optimizer.iterations)) == 1
+    x = np.random.default_rng(0).random((1, 8, 8, 3), np.float32)
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)),
+                               ops.convert_to_numpy(keras.saving.load_model(path)(x)), atol=1e-6)
 
 
 def test_every_public_saveable_object_is_registered_by_import_kx_vision(fresh):
@@ -139,7 +162,7 @@ def test_every_public_saveable_object_is_registered_by_import_kx_vision(fresh):
 
 def test_submodules_are_attributes_loaded_lazily_without_tensorflow_on_jax(fresh):
     assert fresh["submodules"]["inference"] == "kx_vision.inference"
-    assert fresh["submodules"]["optimizers"] == "kx_vision.optimizers"
+    assert fresh["submodules"]["optimizers"] == "kx_vision.training.optimizers"
     if JAX:
         assert fresh["tensorflow"] is False
 
@@ -197,7 +220,7 @@ def test_python_m_kx_vision_lists_the_commands(tmp_path):
     (lambda: StyleTransferNet(num_blocks=0), "num_blocks=0"),
     (lambda: PSNR(shave=-1), "shave=-1"),
     (lambda: psnr(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)), shave=4), "shave=4"),
-    (lambda: inference.predict_tiled(inference.bicubic(2), np.zeros((8, 8, 3)), 2, tile=4, overlap=4), "tile=4"),
+    (lambda: tiling.predict_tiled(tiling.bicubic(2), np.zeros((8, 8, 3)), 2, tile=4, overlap=4), "tile=4"),
 ])
 def test_bad_arguments_raise_one_family_naming_the_argument(build, words):
     with pytest.raises(ArgumentError) as info:
@@ -210,7 +233,7 @@ def test_the_command_line_rewrites_python_arguments_as_flags():
     error = ArgumentError("model.keras is a x2 model but scale=4; pass `scale` or scale=N", ["scale"])
     assert cli.command_line_words(error) == "model.keras is a x2 model but --scale 4; pass --scale or --scale N"
     with pytest.raises(ArgumentError, match=r"pass scale=N") as info:  # before: "--scale is required"
-        inference.resolve_superres_model("bicubic", None)
+        tiling.resolve_superres_model("bicubic", None)
     assert "--" not in str(info.value) and "--scale N" in cli.command_line_words(info.value)
 
 
@@ -239,11 +262,11 @@ def test_uint8_images_are_scaled_by_functions_and_refused_by_models(rng):
     assert float(ops.convert_to_numpy(ssim(truth, noisy))[0]) == pytest.approx(
         float(ops.convert_to_numpy(ssim(truth / 255.0, noisy / 255.0))[0]), rel=1e-5)
 
-    predict = inference.bicubic(2)
+    predict = tiling.bicubic(2)
     image = truth[0]
     # Before: the uint8 input saturated (254 levels off).
-    np.testing.assert_array_equal(inference.predict_tiled(predict, image, 2, tile=16, overlap=4),
-                                  inference.predict_tiled(predict, image / 255.0, 2, tile=16, overlap=4))
+    np.testing.assert_array_equal(tiling.predict_tiled(predict, image, 2, tile=16, overlap=4),
+                                  tiling.predict_tiled(predict, image / 255.0, 2, tile=16, overlap=4))
     with pytest.raises(ArgumentError, match="float images in \\[0, 1\\]; got uint8"):
         EDSR(num_blocks=1, num_filters=4)(truth)
 
@@ -258,9 +281,9 @@ def test_shapes_are_checked_in_a_short_message(rng):
     assert model.predict(image[None], verbose=0).shape == (1, 24, 24, 3)  # still usable (JAX: see below)
     # The wrong scale: before, "operands could not be broadcast together" inside NumPy.
     with pytest.raises(ArgumentError, match=r"scale=3 it should return \(1, 36, 36, 3\)"):
-        inference.predict_tiled(inference.as_predict_fn(model), image, 3, tile=16, overlap=4)
+        tiling.predict_tiled(tiling.as_predict_fn(model), image, 3, tile=16, overlap=4)
     with pytest.raises(ArgumentError, match=r"one RGB image \(H, W, 3\); got shape \(1, 12, 12, 3\)"):
-        inference.predict_whole(inference.as_predict_fn(model), image[None])
+        tiling.predict_whole(tiling.as_predict_fn(model), image[None])
 
 
 def test_style_network_refuses_images_below_its_minimum_on_every_backend(rng):
@@ -273,7 +296,7 @@ def test_style_network_refuses_images_below_its_minimum_on_every_backend(rng):
 
 @pytest.mark.xfail(JAX, strict=True, reason="upstream Keras bug (3.15, JAX): one predict() with a rank-3 array "
                    "leaves a model unusable ('NoneType' object is not callable); kx_vision's models and inference "
-                   "helpers check shapes first (KxModel.predict, inference.check_image). Remove the guard when "
+                   "helpers check shapes first (KxModel.predict, tiling.check_image). Remove the guard when "
                    "this passes.")
 def test_upstream_keras_model_survives_a_bad_predict_call():
     inputs = keras.Input((None, None, 3))
@@ -292,9 +315,9 @@ def test_predict_whole_equals_a_one_tile_predict_tiled():
         return np.broadcast_to(levels, batch.shape).copy()
 
     old_whole = np.round(np.clip(levels, 0, 1) * 255.0).astype(np.uint8)  # the float32 rounding of before
-    tiled = inference.predict_tiled(predict, levels, 1, tile=64)
+    tiled = tiling.predict_tiled(predict, levels, 1, tile=64)
     assert np.any(old_whole != tiled), "the test values no longer tell float32 from float64 rounding"
-    np.testing.assert_array_equal(inference.predict_whole(predict, levels), tiled)
+    np.testing.assert_array_equal(tiling.predict_whole(predict, levels), tiled)
 
 
 # === 3. A surface a user can discover ===

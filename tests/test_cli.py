@@ -81,7 +81,7 @@ def test_an_error_raised_inside_the_input_pipeline_is_one_line(capsys):
 
 
 def _diverged():
-    from kx_vision.trainer import TrainingDiverged
+    from kx_vision.training.trainer import TrainingDiverged
 
     return TrainingDiverged("training diverged in epoch 2 (the loss is nan)")
 
@@ -115,7 +115,7 @@ def test_an_unreadable_file_found_inside_the_input_pipeline_is_one_line(capsys):
 WARNING_SCRIPT = """
 import warnings
 from kx_vision import cli
-from kx_vision.optimizers import warmup_steps
+from kx_vision.training.optimizers import warmup_steps
 
 def plan():  # warmup_steps warns with stacklevel=3: the warning names this script's file, not kx_vision's
     return warmup_steps(100, 10)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kx_vision.data import arrays, definitions, transforms
-from kx_vision.inference import inverse_dihedral_index
+from kx_vision.inference.tiling import inverse_dihedral_index
 
 
 def _images(rng):

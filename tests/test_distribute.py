@@ -56,7 +56,7 @@ SPECS = ["edsr", "unet:pixel_shuffle"]  # the U-Net as built by default (pixel-s
 @pytest.fixture(scope="module")
 def equivalences(tmp_path_factory):
     # All cases in one process, one after the other: this also shows that several runs on one
-    # MirroredStrategy work in one TensorFlow process (kx_vision.distribute reuses the strategy).
+    # MirroredStrategy work in one TensorFlow process (kx_vision.training.distribute reuses the strategy).
     env = {**_two_devices_env(tmp_path_factory.mktemp("equivalence")), "KX_TEST_DTYPE": DTYPE}
     return _run(["equivalence", *SPECS], env)
 
@@ -126,8 +126,8 @@ def test_two_workers_on_localhost_agree(folders, tmp_path):
     for key in first.files:
         np.testing.assert_array_equal(first[key], second[key])
     # ... and they trained like one device taking the same global batches
-    from kx_vision import trainer
     from kx_vision.tasks import superres
+    from kx_vision.training import trainer
 
     alone = tmp_path / "alone"
     trainer.fit(superres.SuperResTask, tiny_config(folders, distribute="none", epochs=1), str(alone), verbose=0,
@@ -144,7 +144,7 @@ def test_two_workers_on_localhost_agree(folders, tmp_path):
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="a workaround for Keras's TensorFlow trainer")
 def test_keras_still_needs_the_multi_worker_fixes(folders, tmp_path):
-    """Without kx_vision.keras_fixes.MultiWorkerFit, Keras's TensorFlow trainer cannot start `fit` under
+    """Without kx_vision.training.keras_fixes.MultiWorkerFit, Keras's TensorFlow trainer cannot start `fit` under
     MultiWorkerMirroredStrategy. If this fails, Keras fixed it: delete MultiWorkerFit."""
     ports = [_free_port(), _free_port()]
     logs = [open(tmp_path / f"worker{i}.log", "w+") for i in range(2)]  # files: a full pipe would block a worker
@@ -175,9 +175,9 @@ def test_keras_still_needs_the_multi_worker_fixes(folders, tmp_path):
 
 def test_bad_distribute_settings_are_explained(folders, tmp_path, monkeypatch):
     from kx_vision import config as config_lib
-    from kx_vision import distribute
     from kx_vision.errors import ConfigError
     from kx_vision.tasks import superres
+    from kx_vision.training import distribute
 
     with pytest.raises(ConfigError, match="unknown mode 'mirorred'"):
         distribute.resolve_mode("mirorred")
@@ -196,7 +196,7 @@ def test_bad_distribute_settings_are_explained(folders, tmp_path, monkeypatch):
         config = config_lib.load(superres.SuperResConfig, None, [
             f"data.train={folders / 'train'}", f"data.val={folders / 'val'}", "data.batch_size=3",
             "data.patch_size=16", "distribute=mirrored"])
-        from kx_vision import trainer
+        from kx_vision.training import trainer
 
         with pytest.raises(ConfigError, match="'data.batch_size' \\(3\\) is the global batch"):
             trainer.fit(superres.SuperResTask, config, str(tmp_path / "run"), verbose=0)

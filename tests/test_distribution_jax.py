@@ -16,7 +16,7 @@ pytest.importorskip("jax")
 SCRIPT = textwrap.dedent(
     """
     import json, numpy as np, keras
-    from kx_vision.optimizers import Adam
+    from kx_vision.training.optimizers import Adam
     devices = keras.distribution.list_devices("cpu")
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     inputs = keras.Input((4,))

@@ -9,8 +9,9 @@ from conftest import shared_dir
 from PIL import Image
 from tests_helpers import numpy_y_psnr
 
-from kx_vision import evaluate, inference
+from kx_vision import evaluate
 from kx_vision.data import transforms
+from kx_vision.inference import tiling
 from kx_vision.models import EDSR
 
 
@@ -79,23 +80,23 @@ def test_scale_mismatch_and_missing_model_are_clear(images_dir, tmp_path, capsys
 
 def test_self_ensemble_of_equivariant_model_equals_model(rng):
     # Bicubic upscaling commutes with the dihedral transforms, so its self-ensemble is itself.
-    predict = inference.bicubic(2)
+    predict = tiling.bicubic(2)
     x = rng.random((1, 10, 10, 3)).astype(np.float32)
-    np.testing.assert_allclose(inference.self_ensemble(predict)(x), predict(x), atol=1e-5)
+    np.testing.assert_allclose(tiling.self_ensemble(predict)(x), predict(x), atol=1e-5)
 
 
 def test_self_ensemble_averages_the_eight_transforms(rng):
     model = EDSR(scale=2, num_blocks=1, num_filters=8)
-    predict = inference.as_predict_fn(model)
+    predict = tiling.as_predict_fn(model)
     x = rng.random((1, 8, 8, 3)).astype(np.float32)
     want = np.mean(
-        [np.asarray(transforms.dihedral(predict(np.asarray(transforms.dihedral(x, k))), inference.inverse_dihedral_index(k)))
+        [np.asarray(transforms.dihedral(predict(np.asarray(transforms.dihedral(x, k))), tiling.inverse_dihedral_index(k)))
          for k in range(8)],
         axis=0,
     )
-    np.testing.assert_allclose(inference.self_ensemble(predict)(x), want, atol=1e-5)
+    np.testing.assert_allclose(tiling.self_ensemble(predict)(x), want, atol=1e-5)
     for k in range(8):
-        back = transforms.dihedral(transforms.dihedral(x, k), inference.inverse_dihedral_index(k))
+        back = transforms.dihedral(transforms.dihedral(x, k), tiling.inverse_dihedral_index(k))
         np.testing.assert_array_equal(np.asarray(back), x)
 
 

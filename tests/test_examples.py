@@ -15,14 +15,16 @@ from test_visualize import expected_boxes, read_png
 from tests_helpers import numpy_y_psnr, tiny_config
 
 from kx_vision import config as config_lib
-from kx_vision import evaluate, trainer, visualize
-from kx_vision.callbacks import ExampleImages, take_examples
+from kx_vision import evaluate
 from kx_vision.data import transforms
 from kx_vision.data.arrays import Pairs
+from kx_vision.inference import pictures
 from kx_vision.models import EDSR, StyleTransferNet, UNet
 from kx_vision.tasks import segmentation, style, superres
+from kx_vision.training import trainer
+from kx_vision.training.callbacks import ExampleImages, take_examples
 
-BAND = visualize.caption_height()
+BAND = pictures.caption_height()
 GAP = 4
 
 
@@ -31,7 +33,7 @@ def run_model(model, x):
 
 
 def bicubic_up(lr, scale):
-    return visualize.to_uint8(keras.ops.convert_to_numpy(transforms.bicubic_upscale(lr, scale)))
+    return pictures.to_uint8(keras.ops.convert_to_numpy(transforms.bicubic_upscale(lr, scale)))
 
 
 def panels(image, boxes):
@@ -54,7 +56,7 @@ def test_training_draws_validation_samples_every_epoch(folders, tmp_path):
     np.testing.assert_array_equal(truth, hr)
     np.testing.assert_array_equal(bicubic, bicubic_up(lr, 2))
     model = keras.saving.load_model(out / "model.keras")  # the last epoch's model
-    want = visualize.to_uint8(run_model(model, lr))
+    want = pictures.to_uint8(run_model(model, lr))
     assert np.abs(model_panel.astype(int) - want).max() <= 1 and np.mean(model_panel == want) > 0.99
     first = read_png(out / "samples" / "epoch_001.png")
     np.testing.assert_array_equal(panels(first, boxes)[0][2], hr)
@@ -114,18 +116,18 @@ def test_segmentation_samples_show_image_truth_and_prediction(tiny_unet, tmp_pat
     callback.on_epoch_end(2, {"loss": 0.9})
     assert sorted(os.listdir(tmp_path / "samples")) == ["epoch_001.png", "epoch_003.png"]
     picture = read_png(tmp_path / "samples" / "epoch_003.png")
-    legend = visualize.legend(segmentation.CAMVID_CLASSES, max_height=32)
+    legend = pictures.legend(segmentation.CAMVID_CLASSES, max_height=32)
     boxes, size = expected_boxes([[(32, 48)] * 3 + [legend.shape[:2]], [(32, 48)] * 3], GAP, BAND)
     assert picture.shape == (*size, 3)  # 2 samples: one row each, the legend beside the first
     shown = panels(picture, boxes)
     predicted = [run_model(model, images[i : i + 1]).argmax(-1)[0] for i in range(2)]
     for i in range(2):
-        image = visualize.to_uint8(images[i])
-        truth = np.round(0.5 * image + 0.5 * visualize.PALETTE[masks[i]]).astype(np.uint8)
+        image = pictures.to_uint8(images[i])
+        truth = np.round(0.5 * image + 0.5 * pictures.PALETTE[masks[i]]).astype(np.uint8)
         truth[masks[i] == 11] = image[masks[i] == 11]  # void shows the image
         np.testing.assert_array_equal(shown[i][0], image)
         np.testing.assert_array_equal(shown[i][1], truth)
-        np.testing.assert_array_equal(shown[i][2], np.round(0.5 * image + 0.5 * visualize.PALETTE[predicted[i]]))
+        np.testing.assert_array_equal(shown[i][2], np.round(0.5 * image + 0.5 * pictures.PALETTE[predicted[i]]))
     np.testing.assert_array_equal(shown[0][3], legend)
 
 
@@ -137,8 +139,8 @@ def test_style_samples_show_content_and_stylised(rng):
     boxes, size = expected_boxes([[(24, 28)] * 2] * 2, GAP, BAND)
     assert grid.boxes == boxes and grid.image.shape == (*size, 3)
     for i in range(2):
-        np.testing.assert_array_equal(grid.panel(i, 0), visualize.to_uint8(content[i]))
-        np.testing.assert_array_equal(grid.panel(i, 1), visualize.to_uint8(run_model(model, content[i])))
+        np.testing.assert_array_equal(grid.panel(i, 0), pictures.to_uint8(content[i]))
+        np.testing.assert_array_equal(grid.panel(i, 1), pictures.to_uint8(run_model(model, content[i])))
 
 
 def test_a_new_task_gets_input_prediction_target_by_default(rng):
@@ -149,9 +151,9 @@ def test_a_new_task_gets_input_prediction_target_by_default(rng):
     noisy, clean = rng.random((2, 1, 16, 20, 3)).astype(np.float32)
     grid = task.render_examples(model, [(noisy, clean)])
     assert [box[2:] for box in grid.boxes[0]] == [(16, 20)] * 3
-    np.testing.assert_array_equal(grid.panel(0, 0), visualize.to_uint8(noisy))
-    np.testing.assert_array_equal(grid.panel(0, 1), visualize.to_uint8(run_model(model, noisy)))
-    np.testing.assert_array_equal(grid.panel(0, 2), visualize.to_uint8(clean))
+    np.testing.assert_array_equal(grid.panel(0, 0), pictures.to_uint8(noisy))
+    np.testing.assert_array_equal(grid.panel(0, 1), pictures.to_uint8(run_model(model, noisy)))
+    np.testing.assert_array_equal(grid.panel(0, 2), pictures.to_uint8(clean))
 
 
 def test_take_examples_cuts_single_samples_in_order(rng):
@@ -207,7 +209,7 @@ def test_evaluate_superres_saves_bicubic_model_truth_with_zoomed_crops(photos, t
     for row in rows:
         hr = transforms.crop_to_multiple(np.asarray(Image.open(photos / row["image"])), 2)
         lr = np.asarray(transforms.bicubic_downscale(hr[None].astype(np.float32) / 255, 2))
-        bicubic, sr = bicubic_up(lr, 2), visualize.to_uint8(run_model(model, lr))
+        bicubic, sr = bicubic_up(lr, 2), pictures.to_uint8(run_model(model, lr))
         assert row["bicubic_psnr"] == pytest.approx(numpy_y_psnr(hr / 255, bicubic / 255, 2), abs=1e-3)
         height, width = hr.shape[:2]
         side = max(min(height, width) // 4, 16)
@@ -218,7 +220,7 @@ def test_evaluate_superres_saves_bicubic_model_truth_with_zoomed_crops(photos, t
         shown = panels(picture, boxes)
         for j, image in enumerate((bicubic, sr, hr)):
             np.testing.assert_array_equal(shown[0][j], image)
-        top, left = visualize.detail_box(hr, side)
+        top, left = pictures.detail_box(hr, side)
         np.testing.assert_array_equal(shown[1][2][::factor, ::factor], hr[top : top + side, left : left + side])
         np.testing.assert_array_equal(shown[1][1][::factor, ::factor], sr[top : top + side, left : left + side])
 
@@ -233,7 +235,7 @@ def test_evaluate_segmentation_saves_overlays_and_a_confusion_matrix(tiny_unet, 
     name = sorted(os.listdir(f"{sample}/val"))[0]
     assert sorted(os.listdir(folder)) == sorted(["confusion_matrix.png", name.replace(".jpg", ".png")])
     with Image.open(result["confusion_matrix_png"]) as cm:
-        assert cm.size == visualize.confusion_matrix_size(11)
+        assert cm.size == pictures.confusion_matrix_size(11)
     image = np.asarray(Image.open(f"{sample}/val/{name}"))
     picture = read_png(folder / name.replace(".jpg", ".png"))
     height, width = image.shape[:2]
@@ -241,4 +243,4 @@ def test_evaluate_segmentation_saves_overlays_and_a_confusion_matrix(tiny_unet, 
     shown = panels(picture, boxes)[0]
     predicted = run_model(model, image[None].astype(np.float32) / 255).argmax(-1)[0]
     np.testing.assert_array_equal(shown[0], image)
-    np.testing.assert_array_equal(shown[2], np.round(0.5 * image + 0.5 * visualize.PALETTE[predicted]))
+    np.testing.assert_array_equal(shown[2], np.round(0.5 * image + 0.5 * pictures.PALETTE[predicted]))

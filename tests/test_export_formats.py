@@ -19,8 +19,9 @@ from PIL import Image
 from seg_helpers import tiny_backbone
 from tests_helpers import one_line_error
 
-from kx_vision import export, predict, runtimes
+from kx_vision import export, predict
 from kx_vision.errors import ArgumentError, KxVisionError
+from kx_vision.inference import runtimes
 from kx_vision.models import EDSR, FPN, StyleTransferNet, UNet
 
 pytest.importorskip("tensorflow")  # the converters run on TensorFlow graphs, from either backend

@@ -31,7 +31,8 @@ def test_python_in_tf_data_goes_through_the_exit_gate():
 
 
 def test_public_objects_are_registered():
-    from kx_vision import layers, losses, metrics, models, optimizers
+    from kx_vision import layers, losses, metrics, models
+    from kx_vision.training import optimizers
 
     for obj in [layers.PixelShuffle, layers.ResidualBlock, layers.ICNR, layers.PadToMultiple, layers.CropLike,
                 layers.ImagePreprocessing, layers.ReflectionPadding2D, models.EDSR, models.UNet,
@@ -43,21 +44,27 @@ def test_public_objects_are_registered():
         assert keras.saving.get_registered_object(name) is obj
 
 
-# The floors of the package, lowest first (ARCHITECTURE.md). A module imports only from lower floors or from
-# its own group (`models.fpn` from `models.unet`; never `models` from `losses`, nor `evaluate` from `predict`);
-# function-local imports count too.
+# The floors of the package, lowest first (ARCHITECTURE.md): a folder or a module at the package's root each. A
+# module imports only from lower floors or from its own group (`models.fpn` from `models.unet`; never `models`
+# from `losses`, nor `evaluate` from `predict`); function-local imports count too.
 FLOORS = [
     ["errors", "version", "fileio", "messages"],
-    ["config", "keras_fixes", "cli", "image_ops"],
+    ["config", "cli", "image_ops"],
     ["layers"],
     ["backbones"],
-    ["models", "losses", "metrics", "optimizers", "data", "visualize"],
-    ["inference", "callbacks", "lr_finder", "distribute", "run_folder"],
-    ["tasks", "runtimes"],
-    ["trainer"],
+    ["models", "losses", "metrics", "data"],
+    ["inference"],
+    ["tasks"],
+    ["training"],
     ["train", "evaluate", "predict", "export", "prepare", "__main__"],
     [""],  # the package itself (`import kx_vision` registers the public objects)
 ]
+# Inside these folders the modules have floors of their own, lowest first (a module imports only from lower
+# ones); the folder's `__init__` is above them all.
+FLOORS_WITHIN = {
+    "inference": [["pictures", "tiling"], ["runtimes"]],
+    "training": [["keras_fixes", "optimizers", "run_folder", "callbacks", "lr_finder"], ["distribute"], ["trainer"]],
+}
 
 
 # The one import allowed to reach up: `kx-vision COMMAND` (`cli.main`) imports the command it runs, when it runs it
@@ -69,6 +76,17 @@ def _group(module):
     """`kx_vision.models.unet` -> "models"; `kx_vision` -> ""."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
+
+
+def _place(module):
+    """(group, floor, floor within the group's folder): `kx_vision.training.trainer` -> ("training", 7, 2)."""
+    group = _group(module)
+    floor = next(i for i, groups in enumerate(FLOORS) if group in groups)
+    within = FLOORS_WITHIN.get(group)
+    if within is None:
+        return group, floor, 0
+    name = module.split(".")[2] if module.count(".") >= 2 else None
+    return group, floor, next((i for i, names in enumerate(within) if name in names), len(within))
 
 
 def _imports_of_package():
@@ -92,17 +110,28 @@ def _imports_of_package():
     return graph
 
 
-def test_imports_point_down_the_floors():
-    floor_of = {group: i for i, groups in enumerate(FLOORS) for group in groups}
-    graph = _imports_of_package()
-    unknown = sorted({_group(m) for m in graph} - set(floor_of))
-    assert not unknown, f"modules on no floor (add them to FLOORS and ARCHITECTURE.md): {unknown}"
+def _reaching_up(graph):
+    """The imports of `graph` that reach up or sideways."""
     wrong = []
     for module, imported in sorted(graph.items()):
         for target in sorted(imported):
-            here, there = _group(module), _group(target)
-            if here != there and floor_of[there] >= floor_of[here] and (module, target) not in DISPATCH:
+            (here, floor, within), (there, target_floor, target_within) = _place(module), _place(target)
+            if here == there and (here not in FLOORS_WITHIN or module == target):
+                continue
+            if (target_floor, target_within) >= (floor, within) and (module, target) not in DISPATCH:
                 wrong.append(f"{module} -> {target}")
+    return wrong
+
+
+def test_imports_point_down_the_floors():
+    known = {group for groups in FLOORS for group in groups}
+    graph = _imports_of_package()
+    unknown = sorted({_group(m) for m in graph} - known)
+    assert not unknown, f"modules on no floor (add them to FLOORS and ARCHITECTURE.md): {unknown}"
+    unplaced = sorted(m for m in graph if _group(m) in FLOORS_WITHIN and m.count(".") >= 2
+                      and _place(m)[2] == len(FLOORS_WITHIN[_group(m)]))
+    assert not unplaced, f"modules on no floor of their folder (add them to FLOORS_WITHIN): {unplaced}"
+    wrong = _reaching_up(graph)
     assert not wrong, "imports reaching up or sideways:\n" + "\n".join(wrong)
 
 
@@ -111,5 +140,14 @@ def test_the_floor_check_catches_a_sideways_import(tmp_path):
     floor_of = {group: i for i, groups in enumerate(FLOORS) for group in groups}
     assert floor_of["losses"] == floor_of["models"]  # so models -> losses counts as sideways
     graph = _imports_of_package()
-    assert "kx_vision.trainer" in graph["kx_vision.train"]  # imported inside main(): seen
+    assert "kx_vision.training.trainer" in graph["kx_vision.train"]  # imported inside main(): seen
     assert {target for _, target in DISPATCH} <= graph["kx_vision.cli"]  # cli.COMMANDS: real imports
+    # and imports that point up, between folders and inside one, are caught
+    up = {"kx_vision.models.edsr": {"kx_vision.inference.tiling"}, "kx_vision.tasks.base": {"kx_vision.training"},
+          "kx_vision.inference.tiling": {"kx_vision.inference.runtimes"},
+          "kx_vision.training.optimizers": {"kx_vision.training.trainer"},
+          "kx_vision.training.callbacks": {"kx_vision.training.lr_finder"},
+          "kx_vision.training.trainer": {"kx_vision.train"}}
+    assert _reaching_up(up) == sorted(f"{m} -> {t}" for m, targets in up.items() for t in targets)
+    assert _reaching_up({"kx_vision.training.trainer": {"kx_vision.training.distribute", "kx_vision.tasks.base"},
+                         "kx_vision.models.fpn": {"kx_vision.models.unet"}}) == []

@@ -1,4 +1,4 @@
-"""`kx_vision.keras_fixes`: each workaround is still needed, guarded by its Keras versions, and pinned.
+"""`kx_vision.training.keras_fixes`: each workaround is still needed, guarded by its Keras versions, and pinned.
 
 When Keras fixes one of these upstream, its "still needed" test fails: delete the workaround then.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from kx_vision import keras_fixes
+from kx_vision.training import keras_fixes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from kx_vision import keras_fixes
+from kx_vision.training import keras_fixes
 strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
 rng = np.random.default_rng(0)
 x = (1000.0 + 0.01 * rng.standard_normal((2, 8, 6, 6, 4))).astype("float32")  # |mean| >> std

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kx_vision.lr_finder import LRFinder, find_lr, save_plot, suggest_lr
+from kx_vision.training.lr_finder import LRFinder, find_lr, save_plot, suggest_lr
 
 
 def _problem(rng):

@@ -4,7 +4,7 @@ import pytest
 from keras import ops
 from testing import run_serialization_test
 
-from kx_vision.optimizers import SGD, Adam, OneCycle, one_cycle
+from kx_vision.training.optimizers import SGD, Adam, OneCycle, one_cycle
 
 
 def numpy_one_cycle(step, start, peak, end, total, pct):

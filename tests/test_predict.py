@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kx_vision import inference, predict
+from kx_vision import predict
+from kx_vision.inference import tiling
 from kx_vision.models import EDSR
 
 
@@ -17,10 +18,10 @@ def model_file(tmp_path):
 @pytest.mark.parametrize("size, tile, overlap", [((45, 61), 32, 24), ((40, 40), 28, 24), ((37, 50), 40, 28)])
 def test_tiled_equals_untiled(model_file, rng, size, tile, overlap):
     model, _ = model_file
-    fn = inference.as_predict_fn(model)
+    fn = tiling.as_predict_fn(model)
     image = rng.random((*size, 3)).astype(np.float32)
     whole = np.clip(fn(image[None])[0], 0, 1)
-    tiled = inference.predict_tiled(fn, image, 2, tile=tile, overlap=overlap, dtype="float32")
+    tiled = tiling.predict_tiled(fn, image, 2, tile=tile, overlap=overlap, dtype="float32")
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() < 1e-3
 
@@ -28,12 +29,12 @@ def test_tiled_equals_untiled(model_file, rng, size, tile, overlap):
 def test_tiling_is_exact_when_the_dead_zone_covers_the_receptive_field(model_file, rng):
     # This model's receptive-field radius is 6 LR pixels; overlap // 4 = 6 covers it.
     model, _ = model_file
-    fn = inference.as_predict_fn(model)
+    fn = tiling.as_predict_fn(model)
     image = rng.random((50, 47, 3)).astype(np.float32)
     whole = np.clip(fn(image[None])[0], 0, 1)
-    tiled = inference.predict_tiled(fn, image, 2, tile=30, overlap=24, dtype="float32")
+    tiled = tiling.predict_tiled(fn, image, 2, tile=30, overlap=24, dtype="float32")
     assert np.abs(tiled - whole).max() < 1e-5
-    as_uint8 = inference.predict_tiled(fn, image, 2, tile=30, overlap=24)
+    as_uint8 = tiling.predict_tiled(fn, image, 2, tile=30, overlap=24)
     assert as_uint8.dtype == np.uint8 and np.abs(as_uint8 / 255.0 - whole).max() <= 0.5 / 255 + 1e-5
 
 

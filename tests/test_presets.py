@@ -11,8 +11,9 @@ from conftest import REPO, shared_dir
 from PIL import Image
 
 import kx_vision
-from kx_vision import evaluate, inference, predict
+from kx_vision import evaluate, predict
 from kx_vision.errors import KxVisionError, WeightsUnavailableError
+from kx_vision.inference import tiling
 from kx_vision.models import EDSR, StyleTransferNet, presets
 from kx_vision.models.loading import load_model_or_preset
 
@@ -291,7 +292,7 @@ def test_every_shipped_preset_is_known_measured_and_packaged():
 def test_shipped_preset_reproduces_its_card_on_set5(name):
     """Each shipped preset's Set5 Y-PSNR on the CPU equals its card's to 0.01 dB."""
     card = json.loads(open(os.path.join(presets.PRESETS_DIR, name, presets.METADATA_FILE)).read())["card"]
-    predict_fn, scale = inference.resolve_superres_model(name, None)
+    predict_fn, scale = tiling.resolve_superres_model(name, None)
     names, images = evaluate.load_hr_images(str(shared_dir("sr", "Set5")))
     _, mean = evaluate.evaluate(predict_fn, names, images, scale)
     assert mean["psnr"] == pytest.approx(card["results"]["Set5"]["psnr"], abs=0.01)

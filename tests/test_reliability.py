@@ -11,9 +11,10 @@ import keras
 import pytest
 from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
-from kx_vision import cli, optimizers, train, trainer
+from kx_vision import cli, train
 from kx_vision import config as config_lib
 from kx_vision.tasks import superres
+from kx_vision.training import optimizers, trainer
 
 
 def tiny_config(folders, **extra):

@@ -19,9 +19,10 @@ from PIL import Image
 from seg_helpers import tiny_backbone
 from tests_helpers import dead_pid, one_line_error
 
-from kx_vision import evaluate, inference, predict
+from kx_vision import evaluate, predict
 from kx_vision.data.images import load_image, pixel_limit
 from kx_vision.errors import DataError
+from kx_vision.inference import tiling
 from kx_vision.models import EDSR, StyleTransferNet, UNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,9 +252,9 @@ def test_inputs_sharing_a_stem_get_distinct_outputs(models, tmp_path, rng, capsy
     out = tmp_path / "out"
     assert superres(models / "edsr.keras", src, out) == 0
     assert sorted(os.listdir(out)) == ["Other_x2.png", "photo.jpg_x2.png", "photo.png_x2.png"]
-    fn = inference.as_predict_fn(keras.saving.load_model(models / "edsr.keras"))
+    fn = tiling.as_predict_fn(keras.saving.load_model(models / "edsr.keras"))
     for name in ("photo.jpg", "photo.png"):
-        want = inference.predict_whole(fn, load_image(src / name).astype(np.float32) / 255)
+        want = tiling.predict_whole(fn, load_image(src / name).astype(np.float32) / 255)
         np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}_x2.png")), want)
     # The same rule for every task's outputs, whatever the case of the names.
     names = predict.output_names(["d/a.png", "d/A.jpg", "d/a.png.jpg", "d/b.png"], ["mask", "overlay"])

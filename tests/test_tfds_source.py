@@ -150,9 +150,9 @@ def test_training_streams_crops_of_a_tfds_set_without_holding_it(tmp_path, capsy
     stops decoding into memory past data.cache_limit_mib), not read whole."""
     tf = pytest.importorskip("tensorflow")
     tfds = pytest.importorskip("tensorflow_datasets")
-    from kx_vision import trainer
     from kx_vision.data import tfds_source, transforms
     from kx_vision.tasks import superres
+    from kx_vision.training import trainer
 
     made = [0]
     counts = {("div2k/bicubic_x2", "train"): 5000, ("div2k/bicubic_x2", "validation"): 1}

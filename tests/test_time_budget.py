@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from kx_vision import config as config_lib
-from kx_vision import optimizers, trainer
-from kx_vision.callbacks import TimeBudget
 from kx_vision.tasks import superres
+from kx_vision.training import optimizers, trainer
+from kx_vision.training.callbacks import TimeBudget
 
 
 class FakeClock:

@@ -8,8 +8,9 @@ from PIL import Image
 from tests_helpers import CrashAfterFirstEpoch, EpochsSeen
 
 from kx_vision import config as config_lib
-from kx_vision import train, trainer
+from kx_vision import train
 from kx_vision.tasks import superres
+from kx_vision.training import trainer
 
 pytest.importorskip("tensorflow")  # the tf.data pipeline
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from tests_helpers import EpochsSeen, tiny_config
 
-from kx_vision import trainer
-from kx_vision.run_folder import RunFolder
 from kx_vision.tasks import superres
 from kx_vision.tasks.base import Phase, phase_plan
+from kx_vision.training import trainer
+from kx_vision.training.run_folder import RunFolder
 
 
 def files_under(root):

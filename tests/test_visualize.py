@@ -1,11 +1,11 @@
-"""kx_vision.visualize: the saved pictures show exactly the arrays they are made of."""
+"""kx_vision.inference.pictures: the saved pictures show exactly the arrays they are made of."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from kx_vision import visualize
 from kx_vision.errors import KxVisionError
+from kx_vision.inference import pictures
 
 
 def read_png(path):
@@ -33,10 +33,10 @@ def test_saved_grid_panels_equal_the_arrays_they_show(tmp_path, rng):
     a = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
     b = rng.random((20, 25, 3)).astype(np.float32) * 1.2 - 0.1  # floats outside [0, 1] are clipped
     c = rng.integers(0, 256, (10, 12), dtype=np.uint8)  # grey
-    shown = visualize.grid([[a, b], [None, c]], [["a caption far longer than its panel", "b"], [None, "c"]], gap=3)
-    path = visualize.save_png(shown, tmp_path / "grid.png")
+    shown = pictures.grid([[a, b], [None, c]], [["a caption far longer than its panel", "b"], [None, "c"]], gap=3)
+    path = pictures.save_png(shown, tmp_path / "grid.png")
     back = read_png(path)
-    band = visualize.caption_height()
+    band = pictures.caption_height()
     boxes, size = expected_boxes([[(30, 40), (20, 25)], [None, (10, 12)]], 3, band)
     assert shown.boxes == boxes and back.shape == (*size, 3)
     np.testing.assert_array_equal(back, shown.image)
@@ -58,21 +58,21 @@ def test_saved_grid_panels_equal_the_arrays_they_show(tmp_path, rng):
 
 def test_to_uint8_rounds_and_clips():
     floats = np.array([[[-0.5, 0.0, 0.5 / 255]], [[0.2, 1.0, 7.0]]], np.float32)
-    np.testing.assert_array_equal(visualize.to_uint8(floats)[..., 0], [[0], [51]])
-    np.testing.assert_array_equal(visualize.to_uint8(floats)[1, 0], [51, 255, 255])
-    assert visualize.to_uint8(np.zeros((1, 4, 5, 1), np.float32)).shape == (4, 5, 3)
+    np.testing.assert_array_equal(pictures.to_uint8(floats)[..., 0], [[0], [51]])
+    np.testing.assert_array_equal(pictures.to_uint8(floats)[1, 0], [51, 255, 255])
+    assert pictures.to_uint8(np.zeros((1, 4, 5, 1), np.float32)).shape == (4, 5, 3)
     with pytest.raises(KxVisionError, match=r"shape \(4, 5, 2\)"):
-        visualize.to_uint8(np.zeros((4, 5, 2)))
+        pictures.to_uint8(np.zeros((4, 5, 2)))
 
 
 def test_overlay_blends_class_colours_and_leaves_ignored_pixels(rng):
     image = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
     labels = rng.integers(0, 12, (6, 7))
-    out = visualize.overlay(image, labels, alpha=0.25, ignore_class=11)
-    want = np.round(0.75 * image + 0.25 * visualize.PALETTE[labels]).astype(np.uint8)
+    out = pictures.overlay(image, labels, alpha=0.25, ignore_class=11)
+    want = np.round(0.75 * image + 0.25 * pictures.PALETTE[labels]).astype(np.uint8)
     want[labels == 11] = image[labels == 11]
     np.testing.assert_array_equal(out, want)
-    np.testing.assert_array_equal(visualize.PALETTE[3], [128, 64, 128])  # CamVid's road
+    np.testing.assert_array_equal(pictures.PALETTE[3], [128, 64, 128])  # CamVid's road
 
 
 def test_predicted_masks_carry_the_palette(tmp_path):
@@ -84,22 +84,22 @@ def test_predicted_masks_carry_the_palette(tmp_path):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in" / "a.png")
     predict.run_segmentation(str(tmp_path / "unet.keras"), str(tmp_path / "in"), str(tmp_path / "out"))
     palette = np.asarray(Image.open(tmp_path / "out" / "a_mask.png").getpalette()).reshape(-1, 3)
-    np.testing.assert_array_equal(palette, visualize.PALETTE)
+    np.testing.assert_array_equal(palette, pictures.PALETTE)
 
 
 def test_detail_box_finds_the_textured_square(rng):
     image = np.full((60, 80, 3), 100, np.uint8)
     image[20:36, 50:66] = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    assert visualize.detail_box(image, 16) == (20, 50)
+    assert pictures.detail_box(image, 16) == (20, 50)
 
 
 def test_superres_strip_shows_the_images_and_zoomed_crops_of_one_place(rng):
     truth = np.full((64, 48, 3), 90, np.uint8)
     truth[40:52, 8:20] = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
     bicubic, model = (rng.integers(0, 256, truth.shape, dtype=np.uint8) for _ in range(2))
-    strip = visualize.superres_strip(bicubic, model, truth, 28.0, 29.5, zoom_size=12)
+    strip = pictures.superres_strip(bicubic, model, truth, 28.0, 29.5, zoom_size=12)
     factor = 48 // 12
-    top, left = visualize.detail_box(truth, 12)
+    top, left = pictures.detail_box(truth, 12)
     assert (top, left) == (40, 8)
     for j, image in enumerate((bicubic, model, truth)):
         np.testing.assert_array_equal(strip.panel(0, j), image)
@@ -111,18 +111,18 @@ def test_superres_strip_shows_the_images_and_zoomed_crops_of_one_place(rng):
 
 def test_legend_fits_its_height():
     names = [f"class {i}" for i in range(11)]
-    tall = visualize.legend(names)
-    short = visualize.legend(names, max_height=tall.shape[0] // 3)
+    tall = pictures.legend(names)
+    short = pictures.legend(names, max_height=tall.shape[0] // 3)
     assert short.shape[0] <= tall.shape[0] // 3 and short.shape[1] > tall.shape[1]
     # The first swatch has the first class's colour.
     swatch = tall[tall.shape[0] // 22, 3]
-    np.testing.assert_array_equal(swatch, visualize.PALETTE[0])
+    np.testing.assert_array_equal(swatch, pictures.PALETTE[0])
 
 
 def test_confusion_matrix_png_has_its_size_labels_and_row_percentages(tmp_path):
     cm = np.array([[8, 2, 0], [0, 0, 0], [1, 1, 2]])
     names = ["sky", "road", "car"]
-    figure = visualize.confusion_matrix_figure(cm, names, "void ignored")
+    figure = pictures.confusion_matrix_figure(cm, names, "void ignored")
     axes = figure.axes[0]
     assert axes.get_xlabel() == "predicted class" and axes.get_ylabel() == "true class"
     assert figure.axes[1].get_ylabel() == "pixels of the true class (%)"  # the colour bar, with its unit
@@ -130,16 +130,16 @@ def test_confusion_matrix_png_has_its_size_labels_and_row_percentages(tmp_path):
     shown = np.asarray(axes.images[0].get_array().filled(np.nan))
     np.testing.assert_allclose(shown[[0, 2]], [[80, 20, 0], [25, 25, 50]])  # each row: % of its true class
     assert np.isnan(shown[1]).all()  # no 'road' in the truth: a blank row, not a division by zero
-    path = visualize.save_confusion_matrix(cm, tmp_path / "cm.png", names)
+    path = pictures.save_confusion_matrix(cm, tmp_path / "cm.png", names)
     with Image.open(path) as image:
-        assert image.size == visualize.confusion_matrix_size(3)
-    assert visualize.confusion_matrix_size(11)[0] > visualize.confusion_matrix_size(3)[0]
+        assert image.size == pictures.confusion_matrix_size(3)
+    assert pictures.confusion_matrix_size(11)[0] > pictures.confusion_matrix_size(3)[0]
 
 
 def test_every_plot_names_its_axes(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from kx_vision import lr_finder
+    from kx_vision.training import lr_finder
 
     figures, savefig = [], Figure.savefig
 
@@ -149,7 +149,7 @@ def test_every_plot_names_its_axes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", keep)
     lr_finder.save_plot({"lrs": [1e-4, 1e-3, 1e-2], "losses": [1.0, 0.5, 2.0], "suggestion": 1e-3}, tmp_path / "lr.png")
-    visualize.save_confusion_matrix(np.eye(2, dtype=np.int64), tmp_path / "cm.png")
+    pictures.save_confusion_matrix(np.eye(2, dtype=np.int64), tmp_path / "cm.png")
     assert len(figures) == 2
     for figure in figures:
         plot, *bars = figure.axes

@@ -95,7 +95,7 @@ class SuperResPatches(keras.utils.PyDataset):
 
 class Pairs(keras.utils.PyDataset):
     """Fixed `(x, y)` batches (e.g. whole validation images of different sizes), each repeated
-    `repeats` times along the batch axis (see `kx_vision.distribute`)."""
+    `repeats` times along the batch axis (see `kx_vision.training.distribute`)."""
 
     def __init__(self, pairs, repeats=1, **kwargs):
         super().__init__(**kwargs)

@@ -1,7 +1,7 @@
 """The contract of a task, and the config every task shares.
 
 A task is a `Task` subclass in a module of `kx_vision.tasks`, with a `Config` dataclass that extends
-`TrainConfig`. The `Trainer` (`kx_vision.trainer`) builds the task from a config and calls, in order:
+`TrainConfig`. The `Trainer` (`kx_vision.training.trainer`) builds the task from a config and calls, in order:
 
     task = MyTask(config)
     task.check_config()               # cross-key checks; each key's type and range are checked on load
@@ -24,9 +24,9 @@ import functools
 from kx_vision import config as config_lib
 from kx_vision.config import option
 from kx_vision.data import PIPELINES
-from kx_vision.distribute import MODES as DISTRIBUTE_MODES
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multi_worker")  # what `kx_vision.training.distribute` sets up
 
 
 @dataclasses.dataclass
@@ -163,7 +163,7 @@ class Task:
         return "", {}
 
     def render_examples(self, model, examples):
-        """A picture of `model`'s outputs on a few validation samples: a `kx_vision.visualize.Grid` with one
+        """A picture of `model`'s outputs on a few validation samples: a `kx_vision.inference.pictures.Grid` with one
         row per sample, or None to draw nothing. The trainer draws one after every epoch
         (`samples/epoch_NNN.png`, `config.samples` samples; `callbacks.ExampleImages`). `examples` is a
         list of `(inputs, targets)` NumPy arrays of one sample each (a batch axis of 1), cut from the
@@ -173,8 +173,8 @@ class Task:
         is an image (`(1, H, W, 1 or 3)`, values in [0, 1]); None when the model's output is not one."""
         import numpy as np
 
-        from kx_vision import visualize
-        from kx_vision.inference import as_predict_fn
+        from kx_vision.inference import pictures
+        from kx_vision.inference.tiling import as_predict_fn
 
         predict = as_predict_fn(model)
         rows = []
@@ -182,8 +182,8 @@ class Task:
             if not isinstance(inputs, np.ndarray):
                 return None
             outputs = predict(inputs)
-            if not visualize.is_image(outputs):
+            if not pictures.is_image(outputs):
                 return None
-            rows.append([a if visualize.is_image(a) else None for a in (inputs, outputs, targets)])
+            rows.append([a if pictures.is_image(a) else None for a in (inputs, outputs, targets)])
         captions = [["input", "prediction", "target"]] * len(rows)
-        return visualize.grid(rows, captions) if rows else None
+        return pictures.grid(rows, captions) if rows else None

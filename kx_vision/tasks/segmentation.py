@@ -253,7 +253,7 @@ class SegmentationTask(Task):
         return {side: find_pairs(images, folders) for side, images, folders in sides if not any_tfds(images)}
 
     def report(self, model, data):
-        from kx_vision.inference import as_predict_fn
+        from kx_vision.inference.tiling import as_predict_fn
         from kx_vision.metrics import confusion_matrix, scores_from_confusion
 
         config = self.config
@@ -270,22 +270,22 @@ class SegmentationTask(Task):
         """For each validation `(image, mask)`: the image, its truth and the prediction in class colours
         over it (CamVid's palette; void shows the image), the prediction's pixel accuracy in its caption;
         a legend of the class colours beside the first row."""
-        from kx_vision import visualize
-        from kx_vision.inference import as_predict_fn
+        from kx_vision.inference import pictures
+        from kx_vision.inference.tiling import as_predict_fn
 
         config = self.config
         predict = as_predict_fn(model)
         rows, captions = [], []
         for image, mask in examples:
-            labels = visualize.class_ids(predict(image))[0]
-            panels, texts = visualize.segmentation_row(image[0], mask[0], labels, config.ignore_class)
+            labels = pictures.class_ids(predict(image))[0]
+            panels, texts = pictures.segmentation_row(image[0], mask[0], labels, config.ignore_class)
             rows.append(panels)
             captions.append(texts)
         names = config.class_names if config.num_classes > 1 else ["background", "foreground"]
         if rows and len(names) == max(config.num_classes, 2):
-            rows[0].append(visualize.legend(names, max_height=rows[0][0].shape[0]))
+            rows[0].append(pictures.legend(names, max_height=rows[0][0].shape[0]))
             captions[0].append(None)
-        return visualize.grid(rows, captions)
+        return pictures.grid(rows, captions)
 
 
 Config = SegmentationConfig

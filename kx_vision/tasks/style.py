@@ -160,12 +160,12 @@ class StyleTask(Task):
 
     def render_examples(self, model, examples):
         """content | stylised, for each validation content crop."""
-        from kx_vision import visualize
-        from kx_vision.inference import as_predict_fn
+        from kx_vision.inference import pictures
+        from kx_vision.inference.tiling import as_predict_fn
 
         predict = as_predict_fn(model)
         rows = [[content, predict(content)] for content, _ in examples]
-        return visualize.grid(rows, [["content", "stylised"]] * len(rows))
+        return pictures.grid(rows, [["content", "stylised"]] * len(rows))
 
 
 Config = StyleConfig

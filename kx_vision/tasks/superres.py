@@ -159,9 +159,10 @@ class SuperResTask(Task):
         `example_side` HR pixels a side, with each crop's Y-PSNR (shave = scale, 8-bit) in the captions."""
         import numpy as np
 
-        from kx_vision import metrics, visualize
+        from kx_vision import metrics
         from kx_vision.data import transforms
-        from kx_vision.inference import as_predict_fn
+        from kx_vision.inference import pictures
+        from kx_vision.inference.tiling import as_predict_fn
 
         scale, margin = self.config.scale, self.example_margin
         predict = as_predict_fn(model)
@@ -181,7 +182,7 @@ class SuperResTask(Task):
                       if min(truth.shape[1:3]) > 2 * scale else None for out in (bicubic, sr)]
             rows.append([bicubic, sr, truth])
             captions.append([f"bicubic{_db(scores[0])}", f"model{_db(scores[1])}", "ground truth"])
-        return visualize.grid(rows, captions)
+        return pictures.grid(rows, captions)
 
 
 Config = SuperResConfig

@@ -9,7 +9,7 @@
   `KERAS_DISTRIBUTION_JOB_ADDRESSES`, `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`
   variables) then `DataParallel` over the devices of all processes. TensorFlow:
   `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG` (with two fixes to Keras 3.15's TensorFlow
-  trainer, applied only under that strategy: see `kx_vision.keras_fixes`).
+  trainer, applied only under that strategy: see `kx_vision.training.keras_fixes`).
 - `auto` (default): `multi_worker` when one of those cluster variables is set, `mirrored` when this host has
   several accelerators, otherwise `none`.
 
@@ -28,17 +28,17 @@ on TensorFlow, BatchNorm layers all-reduce their statistics across replicas (`ke
 so the two agree and an N-device run matches a one-device one.
 
 Where Keras itself falls short (its one-pass synchronized BatchNorm variance, its TensorFlow trainer under
-`MultiWorkerMirroredStrategy`), the workarounds live in `kx_vision.keras_fixes`, guarded by the Keras versions
+`MultiWorkerMirroredStrategy`), the workarounds live in `kx_vision.training.keras_fixes`, guarded by the Keras versions
 they were written for, each with a test that fails once Keras no longer needs it.
 """
 
 import contextlib
 import os
 
-from kx_vision import keras_fixes
 from kx_vision.errors import ConfigError
+from kx_vision.tasks.base import DISTRIBUTE_MODES as MODES  # the choices of the config key `distribute`
+from kx_vision.training import keras_fixes
 
-MODES = ("auto", "none", "mirrored", "multi_worker")
 _CLUSTER_VARIABLES = ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES")
 
 

@@ -248,7 +248,7 @@ def resolve(path, task, runtime, command, name=None):
     """`(predict, card)` for `predict segmentation|style` on an export: its outputs checked as a Keras model's
     are (`inference.checked_output`); an export of another task is refused naming the model (`name`: what the
     user gave, when `path` is its export in the cache)."""
-    from kx_vision.inference import EXPECTED, checked_output
+    from kx_vision.inference.tiling import EXPECTED, checked_output
 
     name = path if name is None else name
     predict, export = load(path, runtime)
@@ -262,7 +262,7 @@ def resolve(path, task, runtime, command, name=None):
 def resolve_superres(path, scale, runtime, command="predict superres", name=None):
     """`(predict, scale)` for an exported super-resolution model, as `inference.resolve_superres_model` gives
     for a Keras one (`scale`, when given, must be the export's; `name`: as for `resolve`)."""
-    from kx_vision.inference import EXPECTED, checked_output
+    from kx_vision.inference.tiling import EXPECTED, checked_output
 
     name = path if name is None else name
     predict, export = load(path, runtime)
@@ -381,5 +381,5 @@ def fastest(spec, say=print):
     what = f"{absent[0]} is not installed" if len(absent) == 1 else f"none of {', '.join(absent)} is installed"
     reasons = ([f"{what} ({EXTRA})"] if absent else []) + list(unexportable.values())
     say(f"runtime auto: Keras, since {'; '.join(reasons)}" if reasons else
-        "runtime auto: Keras, which ranks first (kx_vision.runtimes.FASTEST_FIRST)")
+        "runtime auto: Keras, which ranks first (kx_vision.inference.runtimes.FASTEST_FIRST)")
     return None

@@ -358,7 +358,7 @@ class ExampleImages(keras.callbacks.Callback):
     `show_results`, once per epoch): `directory/epoch_NNN.png` (epochs counted from 1), and the same
     picture as an image in TensorBoard (tag `samples`, step = epoch) in `log_dir`, where given.
 
-    `render(model, examples)` draws it (`Task.render_examples`: a `visualize.Grid`, an image array, or
+    `render(model, examples)` draws it (`Task.render_examples`: a `pictures.Grid`, an image array, or
     None for nothing). The examples are `take_examples(data, count)`, taken once, at the first `fit`
     (one callback serves every phase of a run), so every epoch shows the same samples. A picture that
     cannot be drawn stops the pictures with one warning, never the training; one that cannot be written
@@ -380,7 +380,7 @@ class ExampleImages(keras.callbacks.Callback):
             self.data = None  # the samples are all it needs
 
     def on_epoch_end(self, epoch, logs=None):
-        from kx_vision import visualize
+        from kx_vision.inference import pictures
 
         logs = logs or {}
         if self.stopped or not self.examples or ("loss" in logs and not _finite(logs["loss"])):
@@ -395,9 +395,9 @@ class ExampleImages(keras.callbacks.Callback):
         if picture is None:  # the task draws nothing
             self.stopped = True
             return
-        image = visualize.to_uint8(picture.image if isinstance(picture, visualize.Grid) else picture)
+        image = pictures.to_uint8(picture.image if isinstance(picture, pictures.Grid) else picture)
         path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
-        visualize.save_png(image, path)
+        pictures.save_png(image, path)
         self.written.append(path)
         if self.log_dir:
             self._write_tensorboard(image, epoch + 1)
@@ -410,12 +410,12 @@ class ExampleImages(keras.callbacks.Callback):
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        from kx_vision import visualize
+        from kx_vision.inference import pictures
 
         if self._writer is None:
             self._writer = EventFileWriter(self.log_dir)
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="samples", image=summary_pb2.Summary.Image(
-            height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=visualize.png_bytes(image)))])
+            height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=pictures.png_bytes(image)))])
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
         self._writer.flush()
 

@@ -4,26 +4,26 @@ a number of epochs or a time budget; and the learning-rate range test.
 `Trainer(task)` trains in memory: nothing is written, `fit` returns the `keras.callbacks.History` of the
 run and leaves the model in `trainer.model` (notebooks, tests, scripts). `Trainer(task, run)`, `run` a
 `RunFolder` (or its path), trains into a run folder: resumable, checkpointed, logged, never overwritten by
-accident, and a run that diverges stops without saving the diverged epoch (see `kx_vision.run_folder`).
+accident, and a run that diverges stops without saving the diverged epoch (see `kx_vision.training.run_folder`).
 `fit(task, config, output)` is the second, as `python -m kx_vision.train` runs it (entry points only parse
 arguments and call `fit` / `find_learning_rate`).
 
 A run is a list of phases (`tasks.base.Phase`, from `Task.phases`: by default a first phase with the
 layers of `Task.freeze_plan` frozen, then one that trains everything), each compiled afresh with the
-optimizer and schedule of `kx_vision.optimizers`.
+optimizer and schedule of `kx_vision.training.optimizers`.
 """
 
 import dataclasses
 import importlib.util
 import os
 
-from kx_vision import distribute
 from kx_vision.errors import ConfigError, TrainingDiverged
 from kx_vision.messages import say
-from kx_vision.optimizers import build_optimizer, time_schedule
-from kx_vision.run_folder import RunFolder
 from kx_vision.tasks import get_task
 from kx_vision.tasks.base import Task
+from kx_vision.training import distribute
+from kx_vision.training.optimizers import build_optimizer, time_schedule
+from kx_vision.training.run_folder import RunFolder
 
 __all__ = ["Trainer", "TrainingDiverged", "find_learning_rate", "fit", "resolve_task"]
 
@@ -115,7 +115,7 @@ class Trainer:
         "suggestion"}`, also saved as `lr_find.png` and `lr_find.json` in a run folder."""
         import keras
 
-        from kx_vision import lr_finder
+        from kx_vision.training import lr_finder
 
         self.task.check_config()
         keras.utils.set_random_seed(self.config.seed)
@@ -197,7 +197,7 @@ class Trainer:
         """The callbacks that live across phases: divergence guard, time budget, and in a run folder the
         checkpoints (with the best value so far, from any phase's backup: `best.keras` is only replaced by
         a better model) and the pictures of validation samples (the chief of one worker only)."""
-        from kx_vision.callbacks import AtomicModelCheckpoint, DivergenceGuard, ExampleImages, TimeBudget
+        from kx_vision.training.callbacks import AtomicModelCheckpoint, DivergenceGuard, ExampleImages, TimeBudget
 
         config, run = self.config, self.run
         made = _RunCallbacks(DivergenceGuard())
@@ -260,7 +260,7 @@ class Trainer:
     def _compile(self, model, data, phase, first, last_phase):
         """Compile `model` for `phase` (its optimizer and schedule over the phase's steps; with a time budget,
         the last phase's rate spans what is left of it) and restore the phase's backup: the first epoch to train."""
-        from kx_vision.callbacks import TrainingBackup
+        from kx_vision.training.callbacks import TrainingBackup
 
         config, dist, run, made = self.config, self.dist, self.run, self.callbacks
         timed = made.budget is not None and last_phase
