@@ -257,3 +257,28 @@ def test_scan_reads_sizes_from_headers_and_skips_unreadable_files(tmp_path, rng)
     assert read_size(tmp_path / "c.png") == (30, 20)
     with pytest.raises(DataError, match="c.png"):
         load_image(tmp_path / "c.png")
+
+
+@pytest.mark.parametrize("reader", ["scan_images", "load_images"])
+def test_one_pass_reports_each_kind_once_and_stops_when_nothing_is_usable(tmp_path, rng, reader):
+    """The folder scan and the decoding pass count their skips in one `data.skips.SkipLog`: one report per kind,
+    the small images counted (not named one by one), and the right error when nothing is left."""
+    from kx_vision.data import images as images_lib
+    from kx_vision.data.skips import SkippedDataWarning
+
+    read = getattr(images_lib, reader)
+    _save(tmp_path / "a.png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    for name in ("b.png", "c.png"):
+        _save(tmp_path / name, rng.integers(0, 256, (8, 30, 3), dtype=np.uint8))
+    (tmp_path / "d.png").write_bytes(b"not an image")
+    with pytest.warns(SkippedDataWarning) as record:
+        kept = read(list_images(tmp_path), min_size=16, what="training image", skip_small=True)[1]
+    assert kept == ([str(tmp_path / "a.png")] if reader == "load_images" else [(30, 20)])
+    messages = [str(w.message) for w in record]
+    assert messages[0].startswith("skipping training image: cannot read image") and "d.png" in messages[0]
+    assert messages[1:] == ["skipped 1 unreadable training image file(s) of 4",
+                            "skipped 2 of 4 training images smaller than the 16x16 patch"]
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(DataError, match="no training image is at least 16 pixels on its short side"):
+        with pytest.warns(SkippedDataWarning):
+            read(list_images(tmp_path), min_size=16, what="training image", skip_small=True)

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from kx_vision.data.skips import SkippedDataWarning
+from kx_vision.data.skips import SkipLog
 from kx_vision.errors import DataError, TooLargeImageError, UnreadableFileError
 
 log = logging.getLogger("kx_vision")
@@ -228,20 +228,17 @@ def iter_images(paths, min_size=None, what="image", skip_small=False):
     only the image in use is in memory (evaluation of a large set). The same warnings and errors; the count
     of skipped files, and `DataError` if none could be read, come once the paths are exhausted."""
     paths = list(paths)
-    skipped, small, found = [], [], False
+    log, found = _pass_log(paths, min_size, what), False
     for path in paths:
         try:
             array = load_image(path)
         except DataError as error:
-            warnings.warn(f"skipping {what}: {error}", SkippedDataWarning, stacklevel=3)
-            skipped.append(path)
+            log.skip(path, error, "unreadable")
             continue
-        if not _big_enough(path, array.shape[1], array.shape[0], min_size, what, skip_small):
-            small.append(path)
-            continue
-        found = True
-        yield path, array
-    _report_skipped(paths, skipped, small, min_size, what, found=found)
+        if _big_enough(log, path, array.shape[1], array.shape[0], skip_small):
+            found = True
+            yield path, array
+    _end_pass(log, paths, found)
 
 
 def scan_images(paths, min_size=None, what="image", skip_small=False, workers=None):
@@ -257,18 +254,14 @@ def scan_images(paths, min_size=None, what="image", skip_small=False, workers=No
         (kept_paths, sizes), `sizes` a list of `(width, height)`.
     """
     paths = list(paths)
-    results = read_sizes(paths, workers)
-    kept, sizes, skipped, small = [], [], [], []
-    for path, result in zip(paths, results):
+    log, kept, sizes = _pass_log(paths, min_size, what), [], []
+    for path, result in zip(paths, read_sizes(paths, workers)):
         if isinstance(result, DataError):
-            warnings.warn(f"skipping {what}: {result}", SkippedDataWarning, stacklevel=2)
-            skipped.append(path)
-        elif not _big_enough(path, result[0], result[1], min_size, what, skip_small):
-            small.append(path)
-        else:
+            log.skip(path, result, "unreadable")
+        elif _big_enough(log, path, *result, skip_small):
             kept.append(path)
             sizes.append(result)
-    _report_skipped(paths, skipped, small, min_size, what, found=bool(kept))
+    _end_pass(log, paths, found=bool(kept))
     return kept, sizes
 
 
@@ -291,26 +284,29 @@ def _size_or_error(path):
         return error
 
 
-def _big_enough(path, width, height, min_size, what, skip_small):
-    """False for an image to skip as too small; `DataError` naming it unless `skip_small`."""
-    if min_size is None or min(width, height) >= min_size:
+def _pass_log(paths, min_size, what):
+    """The skip log of one pass over `paths` (`data.skips`): each unreadable file warned about as it is met."""
+    return SkipLog(what, len(paths), each="skipping {what}: {message}", patch=min_size)
+
+
+def _big_enough(log, path, width, height, skip_small):
+    """False for an image to skip as too small (counted in `log`); `DataError` naming it unless `skip_small`."""
+    if log.patch is None or min(width, height) >= log.patch:
         return True
     if skip_small:
+        log.skip(path, "too small", "small", announce=False)
         return False
     raise DataError(
-        f"{what} {path} is {width}x{height}, smaller than the {min_size}x{min_size} patch size; "
+        f"{log.what} {path} is {width}x{height}, smaller than the {log.patch}x{log.patch} patch size; "
         "remove it or lower the patch size"
     )
 
 
-def _report_skipped(paths, skipped, small, min_size, what, found):
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable {what} file(s) of {len(paths)}", SkippedDataWarning,
-                      stacklevel=3)
-    if small:
-        warnings.warn(f"skipped {len(small)} of {len(paths)} {what}s smaller than the {min_size}x{min_size} "
-                      "patch", SkippedDataWarning, stacklevel=3)
-    if not found and small and len(small) + len(skipped) == len(paths):
-        raise DataError(f"no {what} is at least {min_size} pixels on its short side")
-    if not found:
-        raise DataError(f"none of the {len(paths)} {what} file(s) could be read (first: {paths[0]})")
+def _end_pass(log, paths, found):
+    """Report what the pass over `paths` skipped; `DataError` if nothing could be used."""
+    log.report()
+    if found:
+        return
+    if log.events("small") and log.events("small", "unreadable") == len(paths):
+        raise DataError(f"no {log.what} is at least {log.patch} pixels on its short side")
+    raise DataError(f"none of the {len(paths)} {log.what} file(s) could be read (first: {paths[0]})")

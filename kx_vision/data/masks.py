@@ -5,13 +5,12 @@ the reader both segmentation pipelines decode through (`PairReader`)."""
 import io
 import os
 import random
-import warnings
 
 import numpy as np
 from PIL import Image
 
 from kx_vision.data.images import UnreadableFileError, list_images, load_image, read_sizes
-from kx_vision.data.skips import SkipLog, SkippedDataWarning, names
+from kx_vision.data.skips import SkipLog, names
 from kx_vision.data.sources import ArraySource, decoded_mib
 from kx_vision.data.streaming import Items
 from kx_vision.errors import ConfigError, DataError
@@ -47,14 +46,7 @@ def find_pairs(image_dirs, mask_dirs):
         image_dir, mask_dir = os.fspath(image_dir), os.fspath(mask_dir)
         images = list_images([image_dir])
         same_folder = os.path.abspath(image_dir) == os.path.abspath(mask_dir)
-        if same_folder:
-            stems = {_stem(p) for p in images}
-            is_mask = {p for p in images
-                       if any(s and _stem(p).endswith(s) and _stem(p)[: -len(s)] in stems for s in MASK_SUFFIXES)}
-            mask_files = [p for p in images if p in is_mask]
-            images = [p for p in images if p not in is_mask]
-        else:
-            mask_files = list_images([mask_dir])
+        images, mask_files = _masks_beside(images) if same_folder else (images, list_images([mask_dir]))
         masks = {}
         for path in mask_files:
             masks.setdefault(_stem(path), path)
@@ -78,6 +70,13 @@ def find_pairs(image_dirs, mask_dirs):
             raise DataError(f"no image/mask pairs in {image_dir}" + ("" if same_folder else f" and {mask_dir}"))
         pairs.extend(found)
     return pairs
+
+
+def _masks_beside(files):
+    """One folder's files as `(images, masks)`: a file named like another plus a mask suffix is a mask."""
+    stems = {_stem(p) for p in files}
+    masks = {p for p in files if any(s and _stem(p).endswith(s) and _stem(p)[: -len(s)] in stems for s in MASK_SUFFIXES)}
+    return [p for p in files if p not in masks], [p for p in files if p in masks]
 
 
 def _black_and_white_palette(image):
@@ -214,32 +213,25 @@ def iter_pairs(pairs, num_classes, ignore_class=None, divisor=1):
     errors; the count of skipped pairs, and `DataError` if none could be read, come once the pairs are
     exhausted."""
     pairs = list(pairs)
-    skipped, found = [], False
-
-    def skip(path, error):
-        warnings.warn(f"skipping image/mask pair {path}: {error}", SkippedDataWarning, stacklevel=4)
-        skipped.append(path)
-
+    log, found = SkipLog("image/mask pair", len(pairs), each=True), False
     for image_path, mask_path in pairs:
         try:
             image = load_image(image_path)
         except DataError as error:  # unreadable, too large, floating-point: skipped, as `load_images` does
-            skip(image_path, error)
+            log.skip(image_path, error, "unusable")
             continue
         try:
             mask = load_mask(mask_path, num_classes, ignore_class, divisor)
         except UnreadableFileError as error:  # colours or values outside the classes stop the run
-            skip(image_path, error)
+            log.skip(image_path, error, "unusable")
             continue
         if image.shape[:2] != mask.shape:
             raise _size_mismatch(image_path, image.shape[1::-1], mask_path, mask.shape[::-1])
         found = True
         yield image_path, image, mask
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image/mask pair(s) of {len(pairs)}", SkippedDataWarning,
-                      stacklevel=3)
+    log.report()
     if not found:
-        if skipped:
+        if log.events("unusable"):
             raise DataError(f"none of the {len(pairs)} image/mask pairs could be read (first: {pairs[0][0]})")
         raise DataError("no image/mask pairs")
 

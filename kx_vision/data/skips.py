@@ -3,7 +3,8 @@ image/mask pairs that cannot be used.
 
 A skipped item is remembered (an item found unusable is never decoded again) and counted in the pass that met
 it; `report(when)`, called by the pipelines at the end of each epoch, says in one `SkippedDataWarning` per kind
-what the epoch skipped. With `each`, the first time an item is skipped is also warned about, naming it.
+what the epoch skipped; `report()` closes a single pass over a list (a folder's header scan, a validation or
+evaluation set read once). With `each`, the first time an item is skipped is also warned about, naming it.
 Warnings are the one channel: a caller can filter, record or turn them into errors as any Python warning.
 """
 
@@ -20,6 +21,12 @@ REPORTS = {
     "undecodable": "skipped {n} {what}(s) {when} that could not be decoded ({total} so far), first: {first}",
     "small": "skipped {n} {what}(s) {when} smaller than the {patch}x{patch} patch ({total} so far), first: {first}",
     "unusable": "{when}: skipped {n} unusable {what}(s) of {count} ({names})",
+}
+# The report of a single pass over a list, `report()`: {n} items skipped of {count}.
+ONCE = {
+    "unreadable": "skipped {n} unreadable {what} file(s) of {count}",
+    "small": "skipped {n} of {count} {what}s smaller than the {patch}x{patch} patch",
+    "unusable": "skipped {n} unreadable {what}(s) of {count}",
 }
 EACH = "skipping {what} {name}: {message}"
 
@@ -40,28 +47,32 @@ class SkipLog:
     Args:
         what: words for messages ("training image").
         count: items in the set, for reports (None where unknown).
-        each: also warn the first time an item is skipped.
+        each: also warn the first time an item is skipped: True (`EACH`), or a format of `what`, `name` and
+            `message` (where the message names the file already).
         patch: side of the training patches, for the report of small images.
     """
 
     def __init__(self, what, count=None, each=False, patch=None):
-        self.what, self.count, self.each, self.patch = what, count, each, patch
+        self.what, self.count, self.patch = what, count, patch
+        self.each = EACH if each is True else each
         self._lock = threading.Lock()
         self._known = {}  # name -> (kind, message): skipped, never decoded again
         self._period = {}  # name -> (kind, message): skipped since the last report
         self._events = {}  # kind -> times skipped
         self._muted = False
 
-    def skip(self, name, message, kind):
-        """Record that item `name` was skipped (`kind` as in `REPORTS`) because of `message`."""
+    def skip(self, name, message, kind, announce=True):
+        """Record that item `name` was skipped (`kind` as in `REPORTS`) because of `message`; with `each` and
+        `announce`, warn about it the first time."""
         with self._lock:
             first = name not in self._known
             self._known.setdefault(name, (kind, message))
             self._period.setdefault(name, (kind, message))
             self._events[kind] = self._events.get(kind, 0) + 1
-            announce = first and self.each and not self._muted
+            announce = announce and first and self.each and not self._muted
         if announce:
-            warnings.warn(EACH.format(what=self.what, name=name, message=message), SkippedDataWarning, stacklevel=3)
+            warnings.warn(self.each.format(what=self.what, name=name, message=message), SkippedDataWarning,
+                          stacklevel=3)
 
     def known(self, name):
         """Whether `name` was skipped before; if so it is counted again (the pass met it)."""
@@ -107,11 +118,12 @@ class SkipLog:
             known = list(self._known.items())
         if announce and self.each:
             for name, (_, message) in known:
-                warnings.warn(EACH.format(what=self.what, name=name, message=message), SkippedDataWarning,
+                warnings.warn(self.each.format(what=self.what, name=name, message=message), SkippedDataWarning,
                               stacklevel=3)
 
-    def report(self, when="this epoch"):
-        """One warning per kind about what was skipped since the last report; how many items that was."""
+    def report(self, when=None):
+        """One warning per kind about what was skipped since the last report (`when`: "in epoch 3"; None: the
+        end of a single pass over the list, `ONCE`); how many items that was."""
         with self._lock:
             period, self._period = self._period, {}
             totals = {}
@@ -120,8 +132,8 @@ class SkipLog:
         by_kind = {}
         for name, (kind, message) in period.items():
             by_kind.setdefault(kind, []).append((name, message))
-        for kind, found in by_kind.items():
-            text = REPORTS[kind].format(n=len(found), what=self.what, when=when, total=totals.get(kind, len(found)),
+        for kind, found in sorted(by_kind.items(), key=lambda entry: list(REPORTS).index(entry[0])):
+            text = (ONCE if when is None else REPORTS)[kind].format(n=len(found), what=self.what, when=when, total=totals.get(kind, len(found)),
                                         count=self.count, first=found[0][1], patch=self.patch,
                                         names=names(sorted(name for name, _ in found)))
             warnings.warn(text, SkippedDataWarning, stacklevel=2)
