@@ -33,7 +33,9 @@ RELATIVE_TOLERANCE = {"float64": 1e-9, "float32": 1e-2}[DTYPE]
 
 def _env(**extra):
     env = {**os.environ, "KERAS_BACKEND": BACKEND, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).parent)}
+           "TF_CPP_MIN_LOG_LEVEL": "3",
+           # This checkout's kx_vision first, not whichever one the venv installed (a second worktree).
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])}
     env.update(extra)
     return env
 
