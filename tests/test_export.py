@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 from seg_helpers import tiny_backbone
+from tests_helpers import export_expectations
 
 from kx_vision.export import export_model, main
 from kx_vision.models import EDSR, StyleTransferNet, UNet
@@ -36,15 +37,7 @@ def exported(tmp_path_factory):
     for name, (build, sizes) in MODELS.items():
         keras.utils.set_random_seed(0)
         model = build()
-        inputs = [rng.random((2, *size, 3)).astype("float32") for size in sizes]
-        raw = [ops.convert_to_numpy(model(x)) for x in inputs]
-        uint8 = [(x * 255).round().astype(np.uint8) for x in inputs]
-        raw8 = [ops.convert_to_numpy(model(x.astype("float32") / 255)) for x in uint8]
-        if name in IMAGE_MODELS:
-            outputs = [np.clip(y, 0, 1) for y in raw]
-            uint8_outputs = [np.round(np.clip(y, 0, 1) * 255).astype(np.uint8) for y in raw8]
-        else:
-            outputs, uint8_outputs = raw, raw8
+        inputs, outputs, uint8, uint8_outputs, raw = export_expectations(model, sizes, rng, name in IMAGE_MODELS)
         path = export_model(model, folder / name)
         np.savez(folder / f"{name}.npz", *inputs, *outputs)
         found[name] = (path, inputs, outputs, uint8, uint8_outputs, raw)

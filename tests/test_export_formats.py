@@ -17,7 +17,7 @@ import pytest
 from keras import ops
 from PIL import Image
 from seg_helpers import tiny_backbone
-from tests_helpers import one_line_error
+from tests_helpers import export_expectations, one_line_error
 
 from kx_vision import export, predict
 from kx_vision.errors import ArgumentError, KxVisionError
@@ -59,18 +59,6 @@ def runtime_or_skip(format):
                                                  "'.[export]'")
 
 
-def expected(name, model, sizes, rng):
-    """Inputs at two sizes, what the float endpoint must return for them, and the same for uint8 inputs."""
-    inputs = [rng.random((2, *size, 3)).astype("float32") for size in sizes]
-    outputs = [ops.convert_to_numpy(model(x)) for x in inputs]
-    uint8 = [(x * 255).round().astype(np.uint8) for x in inputs]
-    outputs8 = [ops.convert_to_numpy(model(x.astype("float32") / 255)) for x in uint8]
-    if name in IMAGE_MODELS:
-        outputs = [np.clip(y, 0, 1) for y in outputs]
-        outputs8 = [np.round(np.clip(y, 0, 1) * 255).astype(np.uint8) for y in outputs8]
-    return inputs, outputs, uint8, outputs8
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """`{name: (folder_of_format, expected)}` for every family and format, with the model's `.keras` file
@@ -82,7 +70,7 @@ def exported(tmp_path_factory):
         keras.utils.set_random_seed(0)
         model = build()
         model.save(folder / f"{name}.keras")
-        found[name] = (model, expected(name, model, sizes, rng))
+        found[name] = (model, export_expectations(model, sizes, rng, name in IMAGE_MODELS)[:4])
         if TF:
             for format in FORMATS:
                 export.export_model(model, folder / f"{name}_{format}", format=format,

@@ -78,3 +78,20 @@ def dead_pid():
     """The id of a process that has exited."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(done.stdout)
+
+
+def export_expectations(model, sizes, rng, image_model):
+    """What an exported model's endpoints must return, from the Keras model: inputs at `sizes` (a batch of 2
+    each), the float outputs (an image model's clipped to [0, 1]), the inputs as uint8 and the outputs for them
+    (an image model's as rounded uint8), and the raw float outputs."""
+    from keras import ops
+
+    inputs = [rng.random((2, *size, 3)).astype("float32") for size in sizes]
+    raw = [ops.convert_to_numpy(model(x)) for x in inputs]
+    uint8 = [(x * 255).round().astype(np.uint8) for x in inputs]
+    outputs8 = [ops.convert_to_numpy(model(x.astype("float32") / 255)) for x in uint8]
+    outputs = raw
+    if image_model:
+        outputs = [np.clip(y, 0, 1) for y in raw]
+        outputs8 = [np.round(np.clip(y, 0, 1) * 255).astype(np.uint8) for y in outputs8]
+    return inputs, outputs, uint8, outputs8, raw
