@@ -72,6 +72,8 @@ def main(argv=None):
     if args.one:
         print(json.dumps(one(args.one, args.repeats)), flush=True)
         return
+    if not (Path(args.source) / "kx_vision").is_dir():
+        parser.error(f"--source {args.source}: no kx_vision package there")
     for backend in args.backends:
         for case in args.cases:
             # Run from `--source` (`python -m` puts the working folder first on sys.path, so its kx_vision is

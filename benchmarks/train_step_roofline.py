@@ -15,6 +15,7 @@ Three figures, one JSON line:
 
 import argparse
 import time
+from pathlib import Path
 
 from benchmarks import REPO, cpu_device, emit
 
@@ -57,6 +58,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config}: no such file")
 
     import keras
     import tensorflow as tf
