@@ -42,12 +42,26 @@ def _env(**extra):
 
 def _two_devices_env(tmp_path):
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    if BACKEND == "jax":
+        # XLA's CPU all-reduce aborts the process when the two virtual devices' threads do not meet within 40 s,
+        # which a 2-core machine running both suites at once sometimes exceeds. (JAX's XLA only: TensorFlow's
+        # would refuse the flag.)
+        flags += " --xla_cpu_collective_call_terminate_timeout_seconds=90"
     return _env(XLA_FLAGS=flags, KX_TEST_TMP=str(tmp_path))
 
 
+# How XLA's CPU all-reduce ends a process whose virtual devices never met (see `_run`).
+RENDEZVOUS_ABORT = "Expected 2 threads to join the rendezvous"
+
+
 def _run(args, env, timeout=600):
-    done = subprocess.run([sys.executable, str(WORKER), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    for attempt in range(2):
+        done = subprocess.run([sys.executable, str(WORKER), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        # A worker XLA aborted in its CPU all-reduce (the two virtual devices' threads never met: a scheduling
+        # stall of the CPU runtime, seen once on a loaded 2-core machine) runs once more; any other failure fails.
+        if done.returncode == 0 or RENDEZVOUS_ABORT not in done.stderr or attempt:
+            break
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
